@@ -1,0 +1,31 @@
+# `make train` and `make test` create the virtual environment on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: train test test-fast lint format clean-logs
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade pip
+	$(VENV)/bin/pip install -e ".[dev]"
+	touch $@
+
+train: $(VENV)/.installed  ## train the default config; extra Hydra overrides via ARGS="..."
+	$(PY) src/train.py $(ARGS)
+
+test: $(VENV)/.installed  ## the whole suite, slow tests included (what CI runs)
+	$(PY) -m pytest $(ARGS)
+
+test-fast: $(VENV)/.installed  ## skip the slow (DDP, sweep, end-to-end) tests
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests scripts
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format src tests scripts
+	$(VENV)/bin/ruff check --fix src tests scripts
+
+clean-logs:
+	rm -rf logs/

@@ -1,0 +1,7 @@
+"""seglab: semantic segmentation experiments with PyTorch Lightning and Hydra."""
+
+import os
+from pathlib import Path
+
+# conf/paths/default.yaml reads this, so runs and data land in the repository whatever the cwd.
+os.environ.setdefault("SEGLAB_ROOT", str(Path(__file__).resolve().parent.parent))

@@ -1,0 +1,73 @@
+"""Confusion-matrix segmentation metrics as the FCN paper defines them (Long et al. 2015, sec. 5).
+
+torchmetrics' JaccardIndex scores classes absent from both labels and predictions as 0
+(torchmetrics #1693); the literature leaves them out of the mean. Here a class whose union is empty
+is NaN per class and excluded from every mean.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """(C, C) int64 counts, rows = ground truth, columns = prediction; ignore_index pixels excluded."""
+    valid = target != ignore_index
+    index = target[valid].long() * num_classes + pred[valid].long()
+    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def _nan_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(num, float("nan")))
+
+
+def scores_from_confusion(matrix: torch.Tensor) -> dict[str, torch.Tensor]:
+    """aAcc, mAcc, mIoU, FWIoU, mDice and per-class IoU/Acc/Dice (NaN where undefined) from a confusion matrix."""
+    matrix = matrix.double()
+    tp = matrix.diag()
+    gt = matrix.sum(1)
+    pred = matrix.sum(0)
+    union = gt + pred - tp
+    iou = _nan_divide(tp, union)
+    acc = _nan_divide(tp, gt)
+    dice = _nan_divide(2 * tp, gt + pred)
+    total = matrix.sum()
+    freq = gt / total if total > 0 else gt
+    return {
+        "aAcc": tp.sum() / total if total > 0 else torch.tensor(float("nan"), dtype=torch.float64),
+        "mAcc": acc.nanmean(),
+        "mIoU": iou.nanmean(),
+        # FWIoU sums over classes present in the labels; classes only predicted have freq 0.
+        "FWIoU": (freq * iou.nan_to_num()).sum() if total > 0 else torch.tensor(float("nan"), dtype=torch.float64),
+        "mDice": dice.nanmean(),
+        "IoU": iou,
+        "Acc": acc,
+        "Dice": dice,
+    }
+
+
+class SegmentationMetrics(Metric):
+    """Accumulates a C x C confusion matrix (summed across processes) and reports `scores_from_confusion`."""
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.add_state(
+            "confmat", default=torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum"
+        )
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch of predicted class indices and ground-truth masks of the same shape."""
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
+        self.confmat += confusion_matrix(pred, target, self.num_classes, self.ignore_index)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Scores over everything accumulated since the last reset."""
+        return scores_from_confusion(self.confmat)
