@@ -1,0 +1,141 @@
+"""FCN-32s, FCN-16s and FCN-8s on VGG16 as Long et al. (CVPR 2015) built them.
+
+Alignment. The paper pads the input by 100 pixels so that fc6 (a 7x7 convolution without padding)
+has an output on small images, then crops every upsampled score map at the offset (19, 9, 31...)
+that lines it up with the input. Here fc6 has padding 3 like every other convolution, and the
+input is padded at the bottom/right to a multiple of 32. Then every pooling halves the size
+exactly, the pixel k of a stride-s map covers input pixels [k*s, (k+1)*s), and the transposed
+convolutions of `bilinear_upsampling` (kernel 2f, stride f, padding f/2) sample at exactly those
+centres, so all crop offsets are zero and only the padding is cut off at the end. Same alignment,
+without the ~6x compute the 200 extra pixels cost on 128-pixel training crops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbones import (
+    BackboneSpec,
+    VGGFeatures,
+    copy_matching_tensors,
+    load_checked,
+    scale_channels,
+    vgg_state_dict,
+)
+from .upsample import bilinear_upsampling, pad_to_multiple
+
+
+def score_layer(in_channels: int, num_classes: int) -> nn.Conv2d:
+    """A zero-initialised 1x1 scoring conv: a new skip starts by leaving the coarser net unchanged."""
+    layer = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class VGGFCN(nn.Module):
+    """The part FCN-32s/16s/8s share: VGG16 conv stages, fc6/fc7 as convolutions, `score_fr`.
+
+    `learnable_upsampling` governs the 2x upsamplings of 16s/8s; the final upsampling (32x, 16x
+    or 8x) is always fixed bilinear interpolation, as in the paper. `init_from` copies every
+    tensor whose name and shape match from a checkpoint (FCN-32s -> 16s -> 8s staged training).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: Mapping[str, Any] | None = None,
+        learnable_upsampling: bool = True,
+        init_from: str | None = None,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        spec = BackboneSpec.parse(backbone)
+        self.backbone = VGGFeatures(batch_norm=spec.name == "vgg16_bn", width=spec.width)
+        hidden = scale_channels(4096, spec.width)
+        self.fc6 = nn.Conv2d(self.backbone.stage_channels[4], hidden, kernel_size=7, padding=3)
+        self.fc7 = nn.Conv2d(hidden, hidden, kernel_size=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.drop = nn.Dropout(dropout)
+        self.score_fr = nn.Conv2d(hidden, num_classes, kernel_size=1)
+        self.build_upsampling(num_classes, learnable_upsampling)
+        state = vgg_state_dict(spec)
+        if state is not None:
+            self.load_vgg(state, str(spec.weights))
+        if init_from is not None:
+            copy_matching_tensors(self, init_from, key="model.init_from")
+
+    def build_upsampling(self, num_classes: int, learnable: bool) -> None:
+        """Create the skip scores and upsampling layers of this variant."""
+        raise NotImplementedError
+
+    def load_vgg(self, state: Mapping[str, torch.Tensor], source: str) -> None:
+        """Load torchvision VGG weights: the conv stages, and fc6/fc7 when the file has them."""
+        features = {k: v for k, v in state.items() if k.startswith("features.")}
+        load_checked(self.backbone, features, source=source)
+        for name, index in (("fc6", 0), ("fc7", 3)):
+            if f"classifier.{index}.weight" not in state:
+                continue
+            layer = getattr(self, name)
+            # A Linear over the flattened (C, 7, 7) pool5 map is a 7x7 convolution (paper, sec. 3.1).
+            weight = state[f"classifier.{index}.weight"].reshape(layer.weight.shape)
+            load_checked(layer, {"weight": weight, "bias": state[f"classifier.{index}.bias"]})
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """pool3, pool4 and the stride-32 class scores of `x` padded to a multiple of 32."""
+        _, _, pool3, pool4, pool5 = self.backbone(pad_to_multiple(x))
+        hidden = self.drop(self.relu(self.fc6(pool5)))
+        hidden = self.drop(self.relu(self.fc7(hidden)))
+        return pool3, pool4, self.score_fr(hidden)
+
+
+class FCN32s(VGGFCN):
+    """FCN-32s: stride-32 scores upsampled 32x."""
+
+    def build_upsampling(self, num_classes: int, learnable: bool) -> None:
+        """Only the fixed final 32x upsampling."""
+        self.upscore = bilinear_upsampling(num_classes, num_classes, 32, learnable=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes, H, W) for images (N, 3, H, W)."""
+        _, _, score = self.encode(x)
+        return self.upscore(score)[..., : x.shape[-2], : x.shape[-1]]
+
+
+class FCN16s(VGGFCN):
+    """FCN-16s: 2x-upsampled stride-32 scores plus pool4 scores, upsampled 16x."""
+
+    def build_upsampling(self, num_classes: int, learnable: bool) -> None:
+        """pool4 scoring, a 2x upsampling and the fixed final 16x."""
+        self.score_pool4 = score_layer(self.backbone.stage_channels[3], num_classes)
+        self.upscore2 = bilinear_upsampling(num_classes, num_classes, 2, learnable)
+        self.upscore16 = bilinear_upsampling(num_classes, num_classes, 16, learnable=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes, H, W) for images (N, 3, H, W)."""
+        _, pool4, score = self.encode(x)
+        score = self.upscore2(score) + self.score_pool4(pool4)
+        return self.upscore16(score)[..., : x.shape[-2], : x.shape[-1]]
+
+
+class FCN8s(VGGFCN):
+    """FCN-8s: FCN-16s's fused scores upsampled 2x plus pool3 scores, upsampled 8x."""
+
+    def build_upsampling(self, num_classes: int, learnable: bool) -> None:
+        """pool4 and pool3 scoring, two 2x upsamplings and the fixed final 8x."""
+        self.score_pool4 = score_layer(self.backbone.stage_channels[3], num_classes)
+        self.score_pool3 = score_layer(self.backbone.stage_channels[2], num_classes)
+        self.upscore2 = bilinear_upsampling(num_classes, num_classes, 2, learnable)
+        self.upscore_pool4 = bilinear_upsampling(num_classes, num_classes, 2, learnable)
+        self.upscore8 = bilinear_upsampling(num_classes, num_classes, 8, learnable=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes, H, W) for images (N, 3, H, W)."""
+        pool3, pool4, score = self.encode(x)
+        score = self.upscore2(score) + self.score_pool4(pool4)
+        score = self.upscore_pool4(score) + self.score_pool3(pool3)
+        return self.upscore8(score)[..., : x.shape[-2], : x.shape[-1]]
