@@ -1,0 +1,19 @@
+"""Loss terms (CE, BCE, focal, Dice), their composite, and class weights from data."""
+
+from src.losses.bce import BCELoss, bce_loss
+from src.losses.ce import CELoss, ce_loss
+from src.losses.composite import CompositeLoss
+from src.losses.dice import DiceLoss, dice_loss
+from src.losses.focal import FocalLoss, focal_loss
+
+__all__ = [
+    "BCELoss",
+    "CELoss",
+    "CompositeLoss",
+    "DiceLoss",
+    "FocalLoss",
+    "bce_loss",
+    "ce_loss",
+    "dice_loss",
+    "focal_loss",
+]

@@ -1,0 +1,54 @@
+"""The mission's loss sweep: `-m loss=focal_dice loss.focal.gamma=0,2 loss.class_weights=null,auto`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_focal_dice_sweep_makes_four_jobs(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    data_dir = tmp_path / "data"
+    cmd = [
+        sys.executable,
+        "src/train.py",
+        "-m",
+        "debug=smoke",
+        "loss=focal_dice",
+        "loss.focal.gamma=0,2",
+        "loss.class_weights=null,auto",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={tmp_path}/logs",
+    ]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(jobs) == 4, [p.name for p in sweep_dir.iterdir()]
+    seen = set()
+    for job in jobs:
+        assert "val/mIoU" in (job / "metrics.json").read_text(), job
+        num_classes = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["data"][
+            "num_classes"
+        ]
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        gamma = next(o for o in overrides if o.startswith("loss.focal.gamma="))
+        weights = next(o for o in overrides if o.startswith("loss.class_weights="))
+        seen.add((gamma, weights))
+    assert seen == {
+        (f"loss.focal.gamma={g}", f"loss.class_weights={w}")
+        for g in (0, 2)
+        for w in ("null", "auto")
+    }
+    # the `auto` jobs computed median-frequency weights once and cached them beside the dataset
+    caches = list(data_dir.rglob("class_weights-*-median_frequency.json"))
+    assert len(caches) == 1
+    assert len(json.loads(caches[0].read_text())["weights"]) == num_classes
