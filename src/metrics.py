@@ -11,7 +11,9 @@ import torch
 from torchmetrics import Metric
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int
+) -> torch.Tensor:
     """(C, C) int64 counts, rows = ground truth, columns = prediction; ignore_index pixels excluded."""
     valid = target != ignore_index
     index = target[valid].long() * num_classes + pred[valid].long()
@@ -34,12 +36,13 @@ def scores_from_confusion(matrix: torch.Tensor) -> dict[str, torch.Tensor]:
     dice = _nan_divide(2 * tp, gt + pred)
     total = matrix.sum()
     freq = gt / total if total > 0 else gt
+    undefined = torch.tensor(float("nan"), dtype=torch.float64)  # nothing labelled: no accuracy
     return {
-        "aAcc": tp.sum() / total if total > 0 else torch.tensor(float("nan"), dtype=torch.float64),
+        "aAcc": tp.sum() / total if total > 0 else undefined,
         "mAcc": acc.nanmean(),
         "mIoU": iou.nanmean(),
         # FWIoU sums over classes present in the labels; classes only predicted have freq 0.
-        "FWIoU": (freq * iou.nan_to_num()).sum() if total > 0 else torch.tensor(float("nan"), dtype=torch.float64),
+        "FWIoU": (freq * iou.nan_to_num()).sum() if total > 0 else undefined,
         "mDice": dice.nanmean(),
         "IoU": iou,
         "Acc": acc,
@@ -59,15 +62,23 @@ class SegmentationMetrics(Metric):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.add_state(
-            "confmat", default=torch.zeros(num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum"
+            "confmat",
+            default=torch.zeros(num_classes, num_classes, dtype=torch.long),
+            dist_reduce_fx="sum",
         )
+        # The matrix behind the latest compute(), summed over processes: the state itself is local
+        # again after compute() and zero after reset(), so the confusion-matrix image reads this.
+        self.last_confmat: torch.Tensor | None = None
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch of predicted class indices and ground-truth masks of the same shape."""
         if pred.shape != target.shape:
-            raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
+            raise ValueError(
+                f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}"
+            )
         self.confmat += confusion_matrix(pred, target, self.num_classes, self.ignore_index)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """Scores over everything accumulated since the last reset."""
+        """Scores over everything accumulated since the last reset (all processes' counts summed)."""
+        self.last_confmat = self.confmat.detach().clone()
         return scores_from_confusion(self.confmat)

@@ -1,0 +1,104 @@
+"""Lightning callback: each validation epoch, show TensorBoard what the model predicts.
+
+Logs a grid of a fixed set of validation samples (image, ground truth, prediction in palette
+colours) and the row-normalised confusion matrix of the epoch as images. Per-class IoU and the
+learning rate are scalars logged by the module and LearningRateMonitor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from src.visualization import confusion_matrix_image, denormalize, full_palette, sample_grid
+
+GRID_TAG = "val/samples"
+CONFUSION_TAG = "val/confusion_matrix"
+
+
+class SegmentationImageLogger(L.Callback):
+    """Logs `val/samples` (first `num_samples` validation images) and `val/confusion_matrix` to TensorBoard."""
+
+    def __init__(
+        self,
+        num_samples: int = 4,
+        palette: Sequence[Sequence[int]] | None = None,
+        ignore_index: int = 255,
+    ) -> None:
+        self.num_samples = int(num_samples)
+        self.table = full_palette(palette, ignore_index)
+        # (normalised image at its padded size, mask at original size): the first validation
+        # batches, which an unshuffled loader gives in the same order every epoch.
+        self.samples: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keep copies of the first validation samples (once per run)."""
+        if (
+            len(self.samples) >= self.num_samples
+            or not isinstance(batch, dict)
+            or "sizes" not in batch
+        ):
+            return
+        for image, mask, (height, width) in zip(
+            batch["image"], batch["mask"], batch["sizes"].tolist(), strict=True
+        ):
+            if len(self.samples) >= self.num_samples:
+                break
+            padded_h, padded_w = -(-height // 32) * 32, -(-width // 32) * 32
+            self.samples.append(
+                (
+                    image[:, :padded_h, :padded_w].detach().cpu(),
+                    mask[:height, :width].detach().cpu(),
+                )
+            )
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Draw and log both images (rank 0; after the module has computed the epoch's metrics)."""
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers:
+            return
+        images = {}
+        if self.samples:
+            images[GRID_TAG] = self.grid(pl_module)
+        confmat = getattr(getattr(pl_module, "val_metrics", None), "last_confmat", None)
+        names = getattr(pl_module, "class_names", None)
+        if confmat is not None and names is not None:
+            images[CONFUSION_TAG] = confusion_matrix_image(confmat, names)
+        # The step Lightning gives this epoch's val/* scalars, so images and numbers line up in TensorBoard.
+        step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
+        for logger in loggers:
+            for tag, image in images.items():
+                logger.experiment.add_image(tag, image, step, dataformats="HWC")
+
+    @torch.no_grad()
+    def grid(self, pl_module: L.LightningModule) -> Any:
+        """Predict the stored samples with the current weights and lay them out side by side."""
+        was_training = pl_module.training
+        pl_module.eval()
+        rows = []
+        for image, mask in self.samples:
+            logits = pl_module(image.unsqueeze(0).to(pl_module.device, pl_module.dtype))
+            prediction = logits.argmax(1)[0, : mask.shape[0], : mask.shape[1]]
+            rows.append(
+                (
+                    denormalize(image[:, : mask.shape[0], : mask.shape[1]]),
+                    mask.numpy(),
+                    prediction.cpu().numpy(),
+                )
+            )
+        pl_module.train(was_training)
+        return sample_grid(rows, self.table)

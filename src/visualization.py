@@ -1,0 +1,207 @@
+"""Pictures of predictions: palette colours, overlays, sample grids and the confusion-matrix image.
+
+Pure numpy/OpenCV (matplotlib is not a dependency); every function returns RGB uint8 (H, W, 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from src.data.palette import voc_palette
+from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+IGNORE_RGB = (255, 255, 255)
+ABSENT_ROW_RGB = (200, 200, 200)
+BACKGROUND_RGB = (255, 255, 255)
+# Row-normalised cells are shaded from white (0) to a dark blue (1).
+HIGH_RGB = np.array((8, 48, 107), dtype=np.float64)
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def full_palette(
+    palette: np.ndarray | Sequence[Sequence[int]] | None = None, ignore_index: int = 255
+) -> np.ndarray:
+    """A 256-colour lookup table: the given colours (VOC's by default), ignore_index and the rest in IGNORE_RGB."""
+    table = np.tile(np.array(IGNORE_RGB, dtype=np.uint8), (256, 1))
+    if palette is None:
+        table[:] = voc_palette(256)  # VOC's own colour for 255, the object borders
+        return table
+    colours = np.asarray(palette, dtype=np.int64)
+    if (
+        colours.ndim != 2
+        or colours.shape[1] != 3
+        or not 1 <= len(colours) <= 256
+        or colours.min() < 0
+        or colours.max() > 255
+    ):
+        raise ValueError(
+            f"palette has shape {colours.shape}; expected (N, 3) RGB values in [0, 255], N <= 256"
+        )
+    table[: len(colours)] = colours
+    if len(colours) <= ignore_index < 256:
+        table[ignore_index] = IGNORE_RGB
+    return table
+
+
+def colorize_labels(mask: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) colours through a 256-entry table."""
+    mask = np.asarray(mask)
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise ValueError(
+            f"mask values span [{mask.min()}, {mask.max()}]; expected indices in [0, 255]"
+        )
+    return table[mask.astype(np.uint8)]
+
+
+def overlay(image: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
+    """Blend a colour mask over an RGB image: (1 - alpha) * image + alpha * colours."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay alpha={alpha}: expected a value in [0, 1]")
+    blend = (1.0 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)
+    return np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+
+
+def denormalize(image: torch.Tensor) -> np.ndarray:
+    """An ImageNet-normalised (3, H, W) tensor back to RGB uint8 (H, W, 3)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=image.device).view(3, 1, 1) * 255
+    rgb = (image.detach().float() * std + mean).round().clamp(0, 255).to(torch.uint8)
+    return rgb.permute(1, 2, 0).cpu().numpy()
+
+
+def _text(
+    canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float, colour=(0, 0, 0)
+) -> None:
+    cv2.putText(canvas, text, origin, FONT, scale, colour, 1, cv2.LINE_AA)
+
+
+def _text_size(text: str, scale: float) -> tuple[int, int]:
+    (width, height), baseline = cv2.getTextSize(text, FONT, scale, 1)
+    return width, height + baseline
+
+
+def sample_grid(
+    rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    table: np.ndarray,
+    titles: Sequence[str] = ("image", "ground truth", "prediction"),
+    gap: int = 4,
+) -> np.ndarray:
+    """One row per sample: image, ground truth and prediction (palette colours) side by side.
+
+    Panels of smaller samples are placed top-left in cells as large as the largest sample; a title
+    strip names the columns.
+    """
+    if not rows:
+        raise ValueError("sample_grid needs at least one (image, target, prediction) row")
+    cell_h = max(image.shape[0] for image, _, _ in rows)
+    cell_w = max(image.shape[1] for image, _, _ in rows)
+    header = _text_size("Ag", 0.4)[1] + 2 * gap
+    columns = len(titles)
+    canvas = np.full(
+        (header + len(rows) * (cell_h + gap), columns * (cell_w + gap) + gap, 3),
+        BACKGROUND_RGB,
+        np.uint8,
+    )
+    for col, title in enumerate(titles):
+        _text(canvas, title, (gap + col * (cell_w + gap), header - gap - 2), 0.4)
+    for index, (image, target, prediction) in enumerate(rows):
+        top = header + index * (cell_h + gap)
+        panels = (image, colorize_labels(target, table), colorize_labels(prediction, table))
+        for col, panel in enumerate(panels):
+            left = gap + col * (cell_w + gap)
+            canvas[top : top + panel.shape[0], left : left + panel.shape[1]] = panel
+    return canvas
+
+
+def row_normalize(confmat: np.ndarray) -> np.ndarray:
+    """Each ground-truth row divided by its sum (recall per class); rows without pixels stay 0."""
+    matrix = np.asarray(confmat, dtype=np.float64)
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+
+
+def _cell_colour(value: float) -> np.ndarray:
+    return np.rint((1.0 - value) * np.array(BACKGROUND_RGB) + value * HIGH_RGB).astype(np.uint8)
+
+
+def confusion_matrix_image(
+    confmat: np.ndarray | torch.Tensor, class_names: Sequence[str], cell: int = 36
+) -> np.ndarray:
+    """The row-normalised confusion matrix as an image: ground truth down the side, predictions across the top.
+
+    Cells hold the percentage of the row's pixels; rows of classes absent from the ground truth
+    are grey (their recall is undefined, not 0).
+    """
+    matrix = confmat.cpu().numpy() if isinstance(confmat, torch.Tensor) else np.asarray(confmat)
+    num = len(class_names)
+    if matrix.shape != (num, num):
+        raise ValueError(
+            f"confusion matrix has shape {matrix.shape}; expected ({num}, {num}) for {num} class names"
+        )
+    normalized = row_normalize(matrix)
+    present = matrix.sum(axis=1) > 0
+    scale, margin = 0.4, 6
+    label_w = max(_text_size(name, scale)[0] for name in class_names) + 2 * margin
+    title_h = _text_size("Ag", scale)[1] + 2 * margin
+    left, top = title_h + label_w, title_h + label_w
+    canvas = np.full(
+        (top + num * cell + margin, left + num * cell + margin, 3), BACKGROUND_RGB, np.uint8
+    )
+    for row in range(num):
+        for col in range(num):
+            y, x = top + row * cell, left + col * cell
+            colour = (
+                _cell_colour(normalized[row, col])
+                if present[row]
+                else np.array(ABSENT_ROW_RGB, np.uint8)
+            )
+            canvas[y : y + cell, x : x + cell] = colour
+            if present[row]:
+                text = f"{100 * normalized[row, col]:.0f}"
+                width, height = _text_size(text, 0.35)
+                ink = (255, 255, 255) if normalized[row, col] > 0.5 else (0, 0, 0)
+                _text(
+                    canvas, text, (x + (cell - width) // 2, y + (cell + height) // 2 - 2), 0.35, ink
+                )
+    cv2.rectangle(canvas, (left, top), (left + num * cell - 1, top + num * cell - 1), (0, 0, 0), 1)
+    for index, name in enumerate(class_names):
+        width, height = _text_size(name, scale)
+        _text(
+            canvas,
+            name,
+            (left - margin - width, top + index * cell + (cell + height) // 2 - 2),
+            scale,
+        )
+    _draw_column_labels(canvas, class_names, left, title_h, label_w, cell, scale, margin)
+    title_w = _text_size("prediction", scale)[0]
+    _text(
+        canvas, "prediction", (left + max(0, (num * cell - title_w) // 2), title_h - margin), scale
+    )
+    side = np.full((title_h, top + num * cell, 3), BACKGROUND_RGB, np.uint8)
+    title_w = _text_size("ground truth", scale)[0]
+    _text(side, "ground truth", (max(0, (num * cell - title_w) // 2), title_h - margin), scale)
+    canvas[: top + num * cell, :title_h] = np.rot90(side)  # the side title reads bottom-up
+    return canvas
+
+
+def _draw_column_labels(
+    canvas: np.ndarray,
+    names: Sequence[str],
+    left: int,
+    top: int,
+    height: int,
+    cell: int,
+    scale: float,
+    margin: int,
+) -> None:
+    """Class names above the columns, rotated to read bottom-up (drawn on a strip, then rotated)."""
+    strip = np.full((len(names) * cell, height, 3), BACKGROUND_RGB, np.uint8)
+    for index, name in enumerate(names):
+        _, text_h = _text_size(name, scale)
+        # rot90 turns strip row r into column r and strip column 0 into the bottom row, next to the matrix.
+        _text(strip, name, (margin, index * cell + (cell + text_h) // 2 - 2), scale)
+    canvas[top : top + height, left : left + len(names) * cell] = np.rot90(strip)

@@ -1,0 +1,141 @@
+"""scripts/export.py: ONNX (dynamic H, W) and TorchScript match eager fcn8s on a real image."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, compose_config
+from omegaconf import OmegaConf
+
+from src.utils.errors import UserError
+from src.utils.instantiate import build_model
+
+_spec = importlib.util.spec_from_file_location(
+    "seglab_export_script", ROOT / "scripts" / "export.py"
+)
+export_script = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = export_script  # dataclasses look their module up there
+_spec.loader.exec_module(export_script)
+
+MODEL_CFG = {
+    "_target_": "src.models.fcn.FCN8s",
+    "num_classes": 6,
+    "backbone": {"name": "vgg16_bn", "width": 0.0625, "weights": None},
+    "learnable_upsampling": True,
+    "init_from": None,
+    "dropout": 0.5,
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A tiny fcn8s checkpoint (random weights, trained-looking BN statistics) whose config names the smoke data."""
+    torch.manual_seed(0)
+    model, _ = build_model(OmegaConf.create(MODEL_CFG))
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial eval-mode statistics
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    root = tmp_path_factory.mktemp("export")
+    data_cfg = compose_config(
+        "train", ["debug=smoke", f"paths.data_dir={data_dir}"], root / "cfg"
+    ).data
+    data = OmegaConf.to_container(data_cfg, resolve=True)
+    path = root / "fcn8s.ckpt"
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save(
+        {
+            "state_dict": state,
+            "hyper_parameters": {"num_classes": 6, "config": {"model": MODEL_CFG, "data": data}},
+        },
+        path,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def image(checkpoint: Path, data_dir: Path) -> Path:
+    """A real validation image of the smoke dataset (generated on first use)."""
+    import hydra
+
+    cfg = compose_config(
+        "train", ["debug=smoke", f"paths.data_dir={data_dir}"], checkpoint.parent / "cfg"
+    )
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    return datamodule.split_pairs("val")[0][0]
+
+
+def run_export(*args: str) -> dict:
+    return export_script.export(export_script.parse_args(list(args)))
+
+
+def check_parity(result: dict, capsys) -> None:
+    printed = capsys.readouterr().out
+    print(printed)
+    assert len(result["max_abs_diff"]) == 3
+    assert max(result["max_abs_diff"]) <= 1e-4
+    assert printed.count("max |logit diff|") == 3
+    # three different input sizes went through the one exported graph
+    assert len({shape[2:] for shape in result["shapes"]}) == 3
+
+
+def dynamic_dims(path: Path) -> list:
+    onnx = pytest.importorskip("onnx")
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_param or d.dim_value for d in dims]
+
+
+@pytest.mark.slow
+def test_onnx_dynamo_export_matches_eager(
+    checkpoint: Path, image: Path, tmp_path: Path, capsys
+) -> None:
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    result = run_export(
+        f"ckpt_path={checkpoint}", "format=onnx", f"input={image}", f"output={tmp_path}/m.onnx"
+    )
+    check_parity(result, capsys)
+    batch, channels, height, width = dynamic_dims(tmp_path / "m.onnx")
+    assert channels == 3 and all(isinstance(d, str) for d in (batch, height, width))
+
+
+def test_onnx_legacy_export_matches_eager(
+    checkpoint: Path, image: Path, tmp_path: Path, capsys
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    result = run_export(
+        f"ckpt_path={checkpoint}",
+        "format=onnx",
+        "exporter=legacy",
+        f"input={image}",
+        f"output={tmp_path}/m.onnx",
+    )
+    check_parity(result, capsys)
+    _, channels, height, width = dynamic_dims(tmp_path / "m.onnx")
+    assert channels == 3 and isinstance(height, str) and isinstance(width, str)
+
+
+def test_torchscript_export_matches_eager_and_defaults(
+    checkpoint: Path, image: Path, capsys
+) -> None:
+    # no input= : the first validation image of the checkpoint's dataset; no output=: next to the checkpoint
+    result = run_export(f"ckpt_path={checkpoint}", "format=torchscript")
+    check_parity(result, capsys)
+    assert result["output"] == checkpoint.with_suffix(".torchscript.pt")
+    loaded = torch.jit.load(str(result["output"]))
+    assert loaded(torch.zeros(1, 3, 64, 96)).shape == (1, 6, 64, 96)
+
+
+def test_bad_arguments_are_user_errors(checkpoint: Path) -> None:
+    with pytest.raises(UserError, match=r"format='tflite': expected one of onnx, torchscript"):
+        export_script.parse_args([f"ckpt_path={checkpoint}", "format=tflite"])
+    with pytest.raises(UserError, match=r"Key 'heigth' not in 'ExportConfig'"):
+        export_script.parse_args([f"ckpt_path={checkpoint}", "heigth=3"])
+    with pytest.raises(UserError, match="ckpt_path is required"):
+        export_script.parse_args(["format=onnx"])

@@ -1,0 +1,203 @@
+"""The metric is exact under DDP: 2 CPU processes (gloo) give the 1-process confusion matrix, set size odd."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import DistributedSampler
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # also when run as a script (the Lightning-level check below)
+
+from src.data.samplers import UnpaddedDistributedSampler  # noqa: E402
+from src.metrics import SegmentationMetrics  # noqa: E402
+
+NUM_CLASSES, ABSENT, NUM_SAMPLES = 5, 3, 7  # 7 samples over 2 processes: not divisible
+
+
+def make_samples(path: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random (prediction, label) pairs with ignored pixels and a class absent from both; saved for the workers."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(NUM_SAMPLES):
+        label = rng.integers(0, NUM_CLASSES, (13, 17))
+        pred = rng.integers(0, NUM_CLASSES, (13, 17))
+        label[label == ABSENT], pred[pred == ABSENT] = 0, 1
+        label[rng.random(label.shape) < 0.25] = 255
+        samples.append((torch.from_numpy(pred), torch.from_numpy(label)))
+    torch.save(samples, path)
+    return samples
+
+
+def fast_hist(label: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    """Seed 001's numpy confusion matrix (labels outside [0, n) dropped)."""
+    k = (label >= 0) & (label < n)
+    return np.bincount(n * label[k].astype(int) + pred[k], minlength=n**2).reshape(n, n)
+
+
+def worker(rank: int, world: int, store: str, samples_path: str, out_path: str) -> None:
+    """One DDP process: update on its shard (unpadded, and torch's padded), compute (all-reduce), rank 0 saves."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        samples = torch.load(samples_path)
+        results = {}
+        for name, sampler in (
+            ("unpadded", UnpaddedDistributedSampler(samples, world, rank)),
+            ("padded", DistributedSampler(samples, num_replicas=world, rank=rank, shuffle=False)),
+        ):
+            metric = SegmentationMetrics(NUM_CLASSES, ignore_index=255)
+            for index in sampler:
+                metric.update(*samples[index])
+            scores = metric.compute()
+            results[name] = {
+                "confmat": metric.last_confmat,
+                "mIoU": scores["mIoU"],
+                "IoU": scores["IoU"],
+            }
+        if rank == 0:
+            torch.save(results, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, dict]:
+    """The samples and rank 0's results of one 2-process gloo run."""
+    tmp = tmp_path_factory.mktemp("gloo")
+    samples = make_samples(tmp / "samples.pt")
+    mp.spawn(
+        worker,
+        args=(2, str(tmp / "store"), str(tmp / "samples.pt"), str(tmp / "out.pt")),
+        nprocs=2,
+        join=True,
+    )
+    return samples, torch.load(tmp / "out.pt")
+
+
+def single_process(samples) -> tuple[torch.Tensor, dict]:
+    metric = SegmentationMetrics(NUM_CLASSES, ignore_index=255)
+    for pred, label in samples:
+        metric.update(pred, label)
+    scores = metric.compute()
+    return metric.confmat.clone(), scores
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_sum_to_the_single_process_matrix(two_process_run) -> None:
+    samples, results = two_process_run
+    single, scores = single_process(samples)
+    reference = sum(fast_hist(label.numpy(), pred.numpy(), NUM_CLASSES) for pred, label in samples)
+    assert np.array_equal(single.numpy(), reference)
+
+    result = results["unpadded"]
+    assert torch.equal(result["confmat"], single)
+    assert torch.equal(result["IoU"].isnan(), scores["IoU"].isnan()) and bool(
+        result["IoU"][ABSENT].isnan()
+    )
+    assert result["mIoU"].item() == scores["mIoU"].item()
+
+
+@pytest.mark.slow
+def test_torch_distributed_sampler_would_count_a_sample_twice(two_process_run) -> None:
+    # Why the datamodule brings its own validation sampler: torch's pads 7 samples to 8 by
+    # repeating sample 0, which the summed matrix then counts twice.
+    samples, results = two_process_run
+    single, _ = single_process(samples)
+    pred, label = samples[0]
+    assert torch.equal(
+        results["padded"]["confmat"],
+        single + torch.from_numpy(fast_hist(label.numpy(), pred.numpy(), NUM_CLASSES)),
+    )
+
+
+# ---- Lightning level: trainer.validate over the smoke datamodule, 1 process vs 2 ("ddp") ----
+
+
+def lightning_confmat(devices: int, data_dir: str, out_path: str) -> None:
+    """Validate an untrained (seeded) model on a 5-image validation set and save the epoch's summed matrix."""
+    import hydra
+    import lightning as L
+    from conftest import compose_config
+
+    from src.segmentation_module import SegmentationModule
+    from src.train import build_loss
+    from src.utils.instantiate import build_model
+
+    class SaveConfmat(L.Callback):
+        """Rank 0 saves the epoch's confusion matrix (summed over processes by the metric's compute)."""
+
+        def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if trainer.is_global_zero:
+                torch.save(pl_module.val_metrics.last_confmat.cpu(), out_path)
+
+    # One image per process and batch in both runs: a validation batch is padded to its largest
+    # image, so batch-mates would change what the model sees (and predicts) near the borders.
+    overrides = [
+        "debug=smoke",
+        f"paths.data_dir={data_dir}",
+        f"data.root={data_dir}/synthetic_val5",
+        "data.spec.num_val=5",
+        f"data.batch_size={devices}",
+    ]
+    cfg = compose_config("train", overrides, Path(out_path).parent / "run")
+    L.seed_everything(0)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    model, _ = build_model(cfg.model)
+    module = SegmentationModule(
+        model=model,
+        loss=build_loss(cfg, datamodule),
+        optimizer=hydra.utils.instantiate(cfg.optim),
+        num_classes=datamodule.num_classes,
+        class_names=datamodule.class_names,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        # "ddp" (a fresh process per rank), not "ddp_spawn": spawn hands CPU tensors to the children
+        # through shared memory, so both ranks would update one confusion-matrix buffer.
+        strategy="ddp" if devices > 1 else "auto",
+        use_distributed_sampler=False,  # the datamodule's unpadded sampler shards validation
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[SaveConfmat()],
+    )
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+
+
+@pytest.mark.slow
+def test_lightning_validate_on_two_processes_equals_one(data_dir: Path, tmp_path: Path) -> None:
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"confmat_{devices}.pt"
+        command = [sys.executable, __file__, str(devices), str(data_dir), str(out)]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[devices] = torch.load(out)
+    voc = data_dir / "synthetic_val5" / "VOCdevkit" / "VOC2012"
+    ids = (voc / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    assert len(ids) == 5
+    from PIL import Image
+
+    labelled = sum(
+        int((np.array(Image.open(voc / "SegmentationClass" / f"{i}.png")) != 255).sum())
+        for i in ids
+    )
+    assert int(results[1].sum()) == labelled  # every labelled pixel once
+    assert torch.equal(results[2], results[1])
+    print(json.dumps({"pixels": labelled, "confmat_equal": True}))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "tests"))
+    lightning_confmat(int(sys.argv[1]), sys.argv[2], sys.argv[3])
