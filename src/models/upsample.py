@@ -55,7 +55,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = VGG_STRIDE) -> torch.Tensor
     """
     height, width = x.shape[-2:]
     pad_h, pad_w = -height % multiple, -width % multiple
-    if pad_h == 0 and pad_w == 0:
-        return x
+    # No early return for pad 0: tracing/torch.export would freeze that branch for every input size.
     mode = "reflect" if pad_h < height and pad_w < width else "constant"
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
