@@ -1,25 +1,46 @@
-"""LightningDataModules: VOC-layout datasets (real or the embedded synthetic one) to padded batches."""
+"""LightningDataModules: VOC (with SBD), the embedded synthetic set, and (folder.py) a user's folder.
+
+Every source lists (image, mask) pairs per split; decoding, checking, augmentation, batching, DDP
+sampling and the on-device normalise are shared here.
+"""
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from src.data.dataset import Pairs, SegmentationDataset, SplitListing, Transform
+from src.data.masks import MaskDecoder
+from src.data.samplers import UnpaddedDistributedSampler
+from src.data.sbd import AUG_SPLIT, train_aug_listing
 from src.data.transforms import normalize, pad_collate
-from src.data.voc import SegmentationDataset, Transform, find_voc_dir, voc_pairs
+from src.data.voc import find_voc_dir, summarise, voc_listing
 from src.utils.errors import UserError
 
-Pairs = list[tuple[Path, Path]]
+log = logging.getLogger(__name__)
+
+
+def init_worker(worker_id: int, rank: int = 0) -> None:
+    """DataLoader worker set-up: Lightning's per-rank seeding when seed_everything(workers=True) is on."""
+    # Setting worker_init_fn stops Lightning adding its own; call it as Lightning would have, so
+    # ranks draw different augmentations. (No cv2 call here: cv2.setNumThreads in a forked child
+    # can deadlock on the parent's thread pool; `_loader` configures OpenCV before the fork.)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id, rank)
 
 
 class SegDataModule(L.LightningDataModule):
-    """Base: subclasses say where the (image, mask) pairs of each split are."""
+    """Base: subclasses say which (image, mask) files each split lists (`list_split`)."""
 
     def __init__(
         self,
@@ -30,22 +51,40 @@ class SegDataModule(L.LightningDataModule):
         batch_size: int = 16,
         num_workers: int = 2,
         pin_memory: bool = True,
+        persistent_workers: bool = True,
         augment: Transform | None = None,
         train_split: str = "train",
         val_split: str = "val",
+        palette: Sequence[Sequence[int]] | None = None,
+        ignore_color: Sequence[int] | None = None,
+        binary_255: bool = False,
+        skip_bad: bool = False,
+        pad_multiple: int = 32,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
-        self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
+        self.class_names = (
+            list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
+        )
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers)
         self.augment = augment
-        self.train_split, self.val_split = train_split, val_split
-        self._datasets: dict[str, SegmentationDataset] = {}
+        self.train_split, self.val_split = str(train_split), str(val_split)
+        self.skip_bad = bool(skip_bad)
+        self.pad_multiple = int(pad_multiple)
         self._check_config()
+        self.decoder = MaskDecoder(
+            self.num_classes, self.ignore_index, palette, ignore_color, binary_255
+        )
+        self.skipped_samples = (
+            0  # bad samples passed over (data.skip_bad), counted in the main process
+        )
+        self._pairs: dict[str, Pairs] = {}
+        self._datasets: dict[str, SegmentationDataset] = {}
 
     def _check_config(self) -> None:
         if len(self.class_names) != self.num_classes:
@@ -56,10 +95,37 @@ class SegDataModule(L.LightningDataModule):
             raise UserError(
                 f"data.ignore_index={self.ignore_index} must lie in [num_classes, 255] (masks are 8-bit PNGs)"
             )
+        if self.batch_size < 1:
+            raise UserError(f"data.batch_size={self.batch_size}: expected a positive integer")
+
+    def list_split(self, split: str) -> SplitListing:
+        """List the pairs of a split, noting listed files that are missing (raises if the list itself is)."""
+        raise NotImplementedError
 
     def split_pairs(self, split: str) -> Pairs:
-        """Return the (image, mask) paths of a split."""
-        raise NotImplementedError
+        """The (image, mask) paths of a split; missing files are an error (skipped with data.skip_bad)."""
+        if split not in self._pairs:
+            listing = self.list_split(split)
+            if listing.missing and not self.skip_bad:
+                raise UserError(
+                    summarise(
+                        listing.missing,
+                        f"split '{split}' under {self.root} lists files that do not exist",
+                    )
+                )
+            if listing.missing:
+                log.warning(
+                    "data.skip_bad: %s",
+                    summarise(
+                        listing.missing, f"{len(listing.missing)} pairs of split '{split}' skipped"
+                    ),
+                )
+            if not listing.pairs:
+                raise UserError(
+                    f"split '{split}' under {self.root} has no usable (image, mask) pair (empty split)"
+                )
+            self._pairs[split] = listing.pairs
+        return self._pairs[split]
 
     def check_layout(self) -> None:
         """Cheap start-up checks (the files of both splits exist, no split is empty), before any model."""
@@ -70,62 +136,123 @@ class SegDataModule(L.LightningDataModule):
         """Masks of the training split (for class-weight statistics)."""
         return [mask for _, mask in self.split_pairs(self.train_split)]
 
+    def dataset(self, split: str, transform: Transform | None = None) -> SegmentationDataset:
+        """A dataset over `split` that decodes and checks with this module's mask format."""
+        return SegmentationDataset(
+            self.split_pairs(split),
+            self.num_classes,
+            self.ignore_index,
+            transform,
+            self.decoder,
+            self.skip_bad,
+        )
+
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets once."""
         if not self._datasets:
             self._datasets = {
-                "train": self._dataset(self.train_split, self.augment),
-                "val": self._dataset(self.val_split, None),
+                "train": self.dataset(self.train_split, self.augment),
+                "val": self.dataset(self.val_split),
             }
-
-    def _dataset(self, split: str, transform: Transform | None) -> SegmentationDataset:
-        return SegmentationDataset(self.split_pairs(split), self.num_classes, self.ignore_index, transform)
 
     def per_device_batch_size(self) -> int:
         """The configured batch size is global: split it across the processes of a DDP run."""
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.batch_size % world:
-            raise UserError(f"data.batch_size={self.batch_size} is not divisible by the {world} processes of this run")
+            raise UserError(
+                f"data.batch_size={self.batch_size} is not divisible by the {world} processes of this run"
+            )
         return self.batch_size // world
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _sampler(self, split: str) -> Sampler | None:
+        """DDP: shuffled, seeded shards for training, unpadded shards for validation; else None."""
+        if self.trainer is None or self.trainer.world_size <= 1:
+            return None
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        if split == "val":
+            return UnpaddedDistributedSampler(self._datasets[split], world, rank)
+        # Lightning's own choice of seed (seed_everything exports it); it calls set_epoch each epoch.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return DistributedSampler(self._datasets[split], world, rank, shuffle=True, seed=seed)
+
+    def _loader(self, split: str) -> DataLoader:
+        train = split == "train"
+        if self.num_workers > 0:
+            # Workers fork from this process and inherit this: one OpenCV thread each, so N workers
+            # do not oversubscribe the cores (as mmengine does). OpenCV in this process is then
+            # single-threaded too, which costs nothing here: the workers do the decoding.
+            cv2.setNumThreads(1)
+        sampler = self._sampler(split)
         return DataLoader(
             self._datasets[split],
             batch_size=self.per_device_batch_size(),
-            shuffle=shuffle,
-            drop_last=shuffle,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            collate_fn=functools.partial(pad_collate, ignore_index=self.ignore_index),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            worker_init_fn=functools.partial(
+                init_worker, rank=self.trainer.global_rank if self.trainer else 0
+            ),
+            # Pads (ignore_index) to a multiple of 32, where every stride of the FCN family divides.
+            collate_fn=functools.partial(
+                pad_collate, ignore_index=self.ignore_index, multiple=self.pad_multiple
+            ),
         )
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, augmented training batches."""
-        return self._loader("train", shuffle=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        """Validation batches at original resolution (padded with ignore_index)."""
-        return self._loader("val", shuffle=False)
+        """Validation batches at original resolution (padded with ignore_index), each sample once."""
+        return self._loader("val")
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Normalise on the device: uint8 crosses the bus (4x less than float), int64 masks for the loss."""
+        skipped = batch.pop("skipped", 0)
+        if skipped:
+            self.skipped_samples += int(skipped)
+            log.warning(
+                "data.skip_bad: %d bad samples replaced in this batch (%d so far)",
+                skipped,
+                self.skipped_samples,
+            )
         batch["image"] = normalize(batch["image"])
         batch["mask"] = batch["mask"].long()
         return batch
 
 
 class VOCDataModule(SegDataModule):
-    """Pascal VOC (2007 or 2012) from `data.root`, splits from ImageSets/Segmentation."""
+    """Pascal VOC (2007 or 2012) from `data.root`, splits from ImageSets/Segmentation.
 
-    def __init__(self, root: str, year: str = "2012", **kwargs: Any) -> None:
+    `use_sbd=true` trains on "train_aug" (VOC train + SBD's SegmentationClassAug, no VOC val image).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        year: str = "2012",
+        use_sbd: bool = False,
+        sbd_dir: str = "SegmentationClassAug",
+        sbd_list: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(root=root, **kwargs)
         self.year = str(year)
+        self.use_sbd, self.sbd_dir, self.sbd_list = bool(use_sbd), sbd_dir, sbd_list
+        self._base_train_split = self.train_split
+        if self.use_sbd:
+            self.train_split = AUG_SPLIT
 
-    @functools.cache  # noqa: B019 - one datamodule per run; the split lists do not change during it
-    def split_pairs(self, split: str) -> Pairs:
-        """Return the (image, mask) paths of a VOC split."""
-        return voc_pairs(find_voc_dir(self.root, self.year), split)
+    def list_split(self, split: str) -> SplitListing:
+        """List a VOC split; 'train_aug' is VOC's train split plus SBD, minus the val split."""
+        voc_dir = find_voc_dir(self.root, self.year)
+        if split == AUG_SPLIT:
+            base = self._base_train_split if self._base_train_split != AUG_SPLIT else "train"
+            return train_aug_listing(voc_dir, base, self.val_split, self.sbd_dir, self.sbd_list)
+        return voc_listing(voc_dir, split)
 
 
 class SyntheticVOCDataModule(VOCDataModule):

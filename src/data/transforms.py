@@ -1,8 +1,11 @@
-"""Joint image/mask transforms on uint8 numpy arrays, and the collate that pads batches."""
+"""Joint image/mask primitives on uint8 numpy arrays, the collate that pads batches, and normalise.
+
+Random draws use torch's RNG: the DataLoader reseeds it per worker and per epoch (and Lightning's
+`seed_everything(workers=True)` derives those seeds from `seed`), so augmentations differ across
+workers and epochs and repeat for a given seed. numpy's global RNG is never used here.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -14,13 +17,37 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Padding images with the mean colour makes padded pixels ~0 after normalisation.
 MEAN_RGB_UINT8 = tuple(round(255 * m) for m in IMAGENET_MEAN)
 
+Pair = tuple[np.ndarray, np.ndarray]
 
-def _uniform(low: float, high: float) -> float:
-    # torch's RNG: the DataLoader reseeds it per worker and per epoch, so draws differ across both.
+
+def uniform(low: float, high: float) -> float:
+    """One draw from U(low, high) on torch's RNG."""
     return float(torch.empty(()).uniform_(low, high))
 
 
-def pad_to(image: np.ndarray, mask: np.ndarray, height: int, width: int, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
+def randint(low: int, high: int) -> int:
+    """One integer drawn uniformly from [low, high] (inclusive) on torch's RNG."""
+    return int(torch.randint(low, high + 1, ()))
+
+
+def resize_pair(
+    image: np.ndarray,
+    mask: np.ndarray,
+    width: int,
+    height: int,
+    interpolation: int = cv2.INTER_LINEAR,
+) -> Pair:
+    """Resize jointly to (width, height): the image with `interpolation`, the mask with nearest.
+
+    NEAREST_EXACT samples at pixel centres like the bilinear image; plain INTER_NEAREST is shifted.
+    """
+    size = (max(1, int(width)), max(1, int(height)))
+    return cv2.resize(image, size, interpolation=interpolation), cv2.resize(
+        mask, size, interpolation=cv2.INTER_NEAREST_EXACT
+    )
+
+
+def pad_to(image: np.ndarray, mask: np.ndarray, height: int, width: int, ignore_index: int) -> Pair:
     """Pad bottom/right to at least (height, width): image with the mean colour, mask with ignore_index."""
     pad_h, pad_w = max(height - mask.shape[0], 0), max(width - mask.shape[1], 0)
     if pad_h == 0 and pad_w == 0:
@@ -30,52 +57,33 @@ def pad_to(image: np.ndarray, mask: np.ndarray, height: int, width: int, ignore_
     return image, mask
 
 
-class RandomResizeCrop:
-    """Resize the short side to base_size x U(scale_range), pad, random crop_size crop, random h-flip.
+def hflip(image: np.ndarray, mask: np.ndarray) -> Pair:
+    """Mirror both left-right."""
+    return image[:, ::-1], mask[:, ::-1]
 
-    The torchvision reference / mmseg recipe; masks use nearest neighbour and are padded with ignore_index.
-    """
 
-    def __init__(
-        self,
-        crop_size: int,
-        base_size: int,
-        scale_range: Sequence[float] = (0.5, 2.0),
-        hflip_prob: float = 0.5,
-        ignore_index: int = 255,
-    ) -> None:
-        self.crop_size = int(crop_size)
-        self.base_size = int(base_size)
-        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
-        self.hflip_prob = float(hflip_prob)
-        self.ignore_index = int(ignore_index)
+def label_counts(mask: np.ndarray) -> np.ndarray:
+    """Pixel count of each value 0..255 in a uint8 mask, (256,) int64 (cv2.calcHist: ~7x np.bincount)."""
+    if mask.size == 0 or mask.size >= 1 << 24:  # calcHist counts in float32: exact below 2**24
+        return np.bincount(mask.ravel(), minlength=256).astype(np.int64)
+    return cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel().astype(np.int64)
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Apply the random resize, pad, crop and flip jointly."""
-        image, mask = self._resize(image, mask)
-        image, mask = pad_to(image, mask, self.crop_size, self.crop_size, self.ignore_index)
-        top = int(torch.randint(0, mask.shape[0] - self.crop_size + 1, ()))
-        left = int(torch.randint(0, mask.shape[1] - self.crop_size + 1, ()))
-        window = (slice(top, top + self.crop_size), slice(left, left + self.crop_size))
-        image, mask = image[window], mask[window]
-        if _uniform(0.0, 1.0) < self.hflip_prob:
-            image, mask = image[:, ::-1], mask[:, ::-1]
-        return image, mask
 
-    def _resize(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        short_side = self.base_size * _uniform(*self.scale_range)
-        factor = short_side / min(mask.shape)
-        size = (max(1, round(mask.shape[1] * factor)), max(1, round(mask.shape[0] * factor)))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-        mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
-        return image, mask
+def dominant_ratio(mask: np.ndarray, ignore_index: int) -> float:
+    """Share of the most frequent class among the labelled pixels; 1.0 when fewer than two classes."""
+    counts = label_counts(mask)
+    counts[ignore_index] = 0
+    if np.count_nonzero(counts) < 2:
+        return 1.0
+    return float(counts.max() / counts.sum())
 
 
 def pad_collate(samples: list[dict], ignore_index: int = 255, multiple: int = 32) -> dict:
-    """Stack samples, padding each to the batch's largest size rounded up to `multiple`.
+    """Stack samples, padding each (bottom/right) to the batch's largest size rounded up to `multiple`.
 
     Padded mask pixels are ignore_index, so losses and metrics on a padded batch equal those at the
-    original resolution; `sizes` records each sample's original (H, W) to undo the padding.
+    original resolution; `sizes` records each sample's original (H, W) to undo the padding (`unpad`).
+    `skipped` sums the bad samples the dataset passed over (data.skip_bad).
     """
     height = max(s["mask"].shape[0] for s in samples)
     width = max(s["mask"].shape[1] for s in samples)
@@ -87,12 +95,23 @@ def pad_collate(samples: list[dict], ignore_index: int = 255, multiple: int = 32
         h, w = s["mask"].shape
         images[i, :, :h, :w] = s["image"]
         masks[i, :h, :w] = s["mask"]
-    return {
+    batch = {
         "image": images,
         "mask": masks,
         "sizes": torch.tensor([tuple(s["mask"].shape) for s in samples]),
         "name": [s["name"] for s in samples],
     }
+    skipped = sum(int(s.get("skipped", 0)) for s in samples)
+    if skipped:
+        batch["skipped"] = skipped
+    return batch
+
+
+def unpad(batch: torch.Tensor, sizes: torch.Tensor) -> list[torch.Tensor]:
+    """Undo `pad_collate` on a (N, ..., H, W) tensor (a prediction, a mask): each sample at its size."""
+    return [
+        item[..., : int(h), : int(w)] for item, (h, w) in zip(batch, sizes.tolist(), strict=True)
+    ]
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,11 +156,14 @@ def resolve_class_weights(
     cache_dir: str | os.PathLike | None,
     split: str,
     class_names: Sequence[str] | None = None,
+    decode_mask: Callable[[Path], np.ndarray] | None = None,
 ) -> list[float] | None:
     """Turn `loss.class_weights` into None or a list of `num_classes` floats.
 
     A method name is computed from the masks at `mask_paths` (once: the result is cached in
     `cache_dir` keyed by split, method, num_classes, ignore_index and a fingerprint of the files).
+    `decode_mask` is the dataset's own decoder (RGB palettes, 0/255 masks); its `cache_key`
+    attribute, when present, joins the cache key.
     """
     if spec is None:
         return None
@@ -185,11 +188,13 @@ def resolve_class_weights(
         "num_classes": int(num_classes),
         "ignore_index": int(ignore_index),
         "fingerprint": mask_fingerprint(mask_paths),
+        "decoder": getattr(decode_mask, "cache_key", None),
     }
     path = None if cache_dir is None else _cache_path(cache_dir, split, method)
     weights = None if path is None else _load_cache(path, key)
     if weights is None:
-        stats = mask_statistics((read_mask(p) for p in mask_paths), num_classes, ignore_index)
+        reader = decode_mask or read_mask
+        stats = mask_statistics((reader(Path(p)) for p in mask_paths), num_classes, ignore_index)
         weights = weights_from_statistics(stats, method)
         if path is not None:
             _save_cache(path, key, weights, stats)

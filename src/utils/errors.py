@@ -1,5 +1,31 @@
 """Errors a user can cause: the entry points print their message and exit without a traceback."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class UserError(Exception):
     """A bad path, config value or file; the message names it and says what was expected."""
+
+
+def find_user_error(exc: BaseException | None) -> UserError | None:
+    """The UserError behind `exc`: Hydra's instantiate wraps constructor errors in its own exception."""
+    while exc is not None:
+        if isinstance(exc, UserError):
+            return exc
+        exc = exc.__cause__
+    return None
+
+
+@contextmanager
+def exit_on_user_error(reraise: bool = False) -> Iterator[None]:
+    """Turn a user's mistake into one line on stderr and exit status 1 (or re-raise it, for sweeps)."""
+    try:
+        yield
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None or reraise:
+            raise
+        raise SystemExit(f"seglab: error: {user_error}") from None

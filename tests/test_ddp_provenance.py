@@ -1,0 +1,115 @@
+"""metrics.json says what a job really ran (world size, nodes, precision, seed, code revision, time)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import ROOT
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict, read_write
+
+from src.callbacks import (
+    FAULT_JOB_ENV,
+    FAULT_RANK_ENV,
+    CrashOnRank,
+    MetricsFile,
+    fault_injection_callbacks,
+    git_revision,
+)
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def head_from_git_files(repo: Path) -> str:
+    """HEAD's commit read from .git itself (an independent path to the same answer)."""
+    head = (repo / ".git" / "HEAD").read_text().strip()
+    if not head.startswith("ref: "):
+        return head
+    ref = head.removeprefix("ref: ")
+    loose = repo / ".git" / ref
+    if loose.exists():
+        return loose.read_text().strip()
+    packed = (repo / ".git" / "packed-refs").read_text().splitlines()
+    return next(line.split()[0] for line in packed if line.endswith(" " + ref))
+
+
+def test_git_revision_of_a_checkout_and_its_dirty_flag(tmp_path: Path) -> None:
+    git(tmp_path, "init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git(tmp_path, "add", "code.py")
+    git(tmp_path, "commit", "-q", "-m", "first")
+    clean = git_revision.__wrapped__(tmp_path)
+    assert clean == {"commit": head_from_git_files(tmp_path), "dirty": False}
+    (tmp_path / "untracked.txt").write_text("not code\n")
+    assert git_revision.__wrapped__(tmp_path)["dirty"] is False  # only tracked files count
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_revision.__wrapped__(tmp_path) == {"commit": clean["commit"], "dirty": True}
+
+
+def test_git_revision_outside_a_checkout_is_unknown(tmp_path: Path) -> None:
+    assert git_revision.__wrapped__(tmp_path) == {"commit": "unknown", "dirty": None}
+
+
+def test_this_repository_revision() -> None:
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    assert git_revision.__wrapped__(ROOT)["commit"] == head_from_git_files(ROOT)
+
+
+def test_summary_records_provenance(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PL_GLOBAL_SEED", "123")
+    trainer = SimpleNamespace(world_size=4, num_nodes=2, precision="bf16-mixed", global_step=10)
+    callback = MetricsFile(str(tmp_path / "metrics.json"))
+    callback.on_fit_start(trainer, None)
+    summary = callback.summary(trainer)
+    assert {k: summary[k] for k in ("world_size", "num_nodes", "precision", "seed")} == {
+        "world_size": 4,
+        "num_nodes": 2,
+        "precision": "bf16-mixed",
+        "seed": 123,
+    }
+    assert summary["git"] == git_revision()
+    assert summary["wall_time_s"] >= 0.0
+
+
+def set_job_num(cfg, num: int) -> None:
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.job.num = num
+    HydraConfig().set_config(cfg)
+
+
+def test_fault_injection_is_off_unless_asked(smoke_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = smoke_cfg()
+    monkeypatch.delenv(FAULT_RANK_ENV, raising=False)
+    monkeypatch.delenv(FAULT_JOB_ENV, raising=False)
+    assert fault_injection_callbacks() == []
+
+    monkeypatch.setenv(FAULT_RANK_ENV, "1")
+    (crash,) = fault_injection_callbacks()
+    assert isinstance(crash, CrashOnRank) and crash.rank == 1
+
+    monkeypatch.setenv(FAULT_JOB_ENV, "1")
+    set_job_num(cfg, 0)
+    assert fault_injection_callbacks() == []  # another job of the sweep
+    set_job_num(cfg, 1)
+    assert len(fault_injection_callbacks()) == 1
+
+
+def test_crash_on_rank_raises_only_on_its_rank_and_batch() -> None:
+    crash = CrashOnRank(rank=1, batch_idx=1)
+    crash.on_train_batch_start(SimpleNamespace(global_rank=0), None, None, 1)
+    crash.on_train_batch_start(SimpleNamespace(global_rank=1), None, None, 0)
+    with pytest.raises(RuntimeError, match=f"seglab fault injection: {FAULT_RANK_ENV}=1"):
+        crash.on_train_batch_start(SimpleNamespace(global_rank=1), None, None, 1)

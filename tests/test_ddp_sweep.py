@@ -1,0 +1,146 @@
+"""`trainer.devices=2` from the command line, alone and inside Hydra multiruns (2 gloo processes on CPU).
+
+Each test runs `python src/train.py ...` the way a user would and checks what lands on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from src.callbacks import FAULT_JOB_ENV, FAULT_RANK_ENV, git_revision
+
+pytestmark = pytest.mark.slow
+TIMEOUT_S = 300  # 5x a run on 2 shared cores; a hang fails the test instead of blocking CI
+
+
+def run_train(
+    *args: str, data_dir: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run src/train.py in its own session; on timeout kill the whole session (DDP children included)."""
+    command = [sys.executable, "src/train.py", *args, "debug=smoke", f"paths.data_dir={data_dir}"]
+    full_env = {
+        k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")
+    }
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**full_env, **(env or {})},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{' '.join(command)} did not finish in {TIMEOUT_S} s:\n{out[-4000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, "")
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (DDP children name their job's dir)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def metrics(job_dir: Path) -> dict:
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+def assert_complete_job(job_dir: Path, world_size: int) -> dict:
+    """One TensorBoard run, checkpoints, one log file and a metrics.json recording `world_size`."""
+    assert len(list((job_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert (job_dir / "checkpoints" / "last.ckpt").exists()
+    assert sorted(p.name for p in job_dir.glob("*.log")) == ["train.log"]
+    summary = metrics(job_dir)
+    assert summary["world_size"] == world_size and summary["num_nodes"] == 1
+    assert summary["precision"] == "32-true" and summary["wall_time_s"] > 0
+    # read again, not cached: a commit may have landed since this test process first asked
+    assert summary["git"]["commit"] == git_revision.__wrapped__()["commit"]
+    return summary
+
+
+def test_devices_2_is_one_run_of_two_processes(tmp_path: Path, data_dir: Path) -> None:
+    result = run_train("trainer.devices=2", f"paths.log_dir={tmp_path}/logs", data_dir=data_dir)
+    assert result.returncode == 0, result.stdout[-4000:]
+    runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(runs) == 1
+    assert_complete_job(runs[0], world_size=2)
+    assert metrics(runs[0])["seed"] == 42
+    assert "MEMBER: 2/2" in result.stdout  # rank 1 joined
+    assert len(list(tmp_path.rglob("metrics.json"))) == 1
+
+
+def test_multirun_with_devices_2_leaves_one_dir_per_job(tmp_path: Path, data_dir: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_train(
+        "-m",
+        "trainer.devices=2",
+        "seed=1,2",
+        "trainer.max_epochs=1",
+        f"paths.log_dir={tmp_path}/logs",
+        f"hydra.sweep.dir={sweep}",
+        data_dir=data_dir,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    assert not (tmp_path / "logs").exists()  # no child ran a run (or a sweep) of its own elsewhere
+    assert len(list(tmp_path.rglob("metrics.json"))) == 2
+    for num, seed in [(0, 1), (1, 2)]:
+        assert assert_complete_job(sweep / str(num), world_size=2)["seed"] == seed
+        log = (sweep / str(num) / "train.log").read_text()
+        assert f"hydra.run.dir='{sweep / str(num)}'" in log and f"hydra.job.num={num}" in log
+    assert result.stdout.count("MEMBER: 2/2") == 2  # each job's rank 1, once
+
+
+def test_multirun_devices_1_then_2(tmp_path: Path, data_dir: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_train(
+        "-m",
+        "trainer.devices=1,2",
+        "trainer.max_epochs=1",
+        f"paths.log_dir={tmp_path}/logs",
+        f"hydra.sweep.dir={sweep}",
+        data_dir=data_dir,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    assert_complete_job(sweep / "0", world_size=1)
+    assert_complete_job(sweep / "1", world_size=2)
+    assert result.stdout.count("MEMBER: 2/2") == 1  # the second job really had a second process
+
+
+def test_crash_in_one_jobs_rank_1_fails_that_job_only(tmp_path: Path, data_dir: Path) -> None:
+    sweep = tmp_path / "sweep"
+    crash = {FAULT_RANK_ENV: "1", FAULT_JOB_ENV: "0"}
+    result = run_train(
+        "-m",
+        "trainer.devices=2",
+        "seed=1,2",
+        "trainer.max_epochs=1",
+        f"paths.log_dir={tmp_path}/logs",
+        f"hydra.sweep.dir={sweep}",
+        data_dir=data_dir,
+        env=crash,
+    )
+    assert result.returncode != 0  # Hydra reports the failed job at the end of the sweep
+    assert "seglab fault injection" in result.stdout  # rank 1's own error is printed
+    assert not (sweep / "0" / "metrics.json").exists()
+    assert assert_complete_job(sweep / "1", world_size=2)["seed"] == 2
+    assert processes_mentioning(str(sweep)) == []  # no child of the failed job left behind
