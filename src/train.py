@@ -102,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         class_names=datamodule.class_names,
         scheduler=dict(cfg.scheduler),
         channels_last=bool(runtime["channels_last"]),
+        compile=bool(runtime["compile"]),
         config=config,
     )
     trainer = build_trainer(cfg)

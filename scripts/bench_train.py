@@ -1,0 +1,259 @@
+"""Training throughput of seglab's full Lightning path against a bare PyTorch loop, same process.
+
+    python scripts/bench_train.py [--steps 20] [--warmup 5] [--repeats 3] [--threads N]
+
+Both paths train the same model (the configured FCN-8s, same initial weights), loss, AdamW and
+poly LR on the same in-memory batches. The Lightning path is the one `src/train.py` runs: a
+LightningDataModule, SegmentationModule (logging, the non-finite guard) and a Trainer with
+loggers, checkpoints and the progress bar off. Only steps after the warm-up are timed, both
+paths alternating `--repeats` times; the median images/s and their ratio are printed (goal on
+CPU: Lightning >= 0.95 x bare). With CUDA it also measures 512x512 batches in fp32, bf16-mixed
+and channels_last: images/s and peak GPU memory of both paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from src.segmentation_module import SegmentationModule  # noqa: E402
+from src.utils.instantiate import build_model  # noqa: E402
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class InMemoryData(L.LightningDataModule):
+    """Pre-built batches served as they are (no decoding, no collation)."""
+
+    def __init__(self, batches: list[dict[str, torch.Tensor]]) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def train_dataloader(self) -> DataLoader:
+        """One already-collated batch per step."""
+        return DataLoader(self.batches, batch_size=None, shuffle=False)
+
+
+class StepTimer(L.Callback):
+    """Wall time of the training steps after the warm-up (CUDA-synchronised)."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start = self.end = 0.0
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Start the clock at the first timed step."""
+        if batch_idx == self.warmup:
+            self.start = now(pl_module.device)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
+        """Stop it after every step; the last one counts."""
+        self.end = now(pl_module.device)
+
+
+def now(device: torch.device) -> float:
+    """perf_counter after the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def make_batches(
+    n: int, batch: int, size: int, num_classes: int, device: torch.device
+) -> list[dict]:
+    """Normalised random images and masks with 5% ignored pixels, on `device`."""
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        mask = torch.randint(0, num_classes, (batch, size, size), generator=gen)
+        mask[torch.rand(mask.shape, generator=gen) < 0.05] = 255
+        image = torch.randn(batch, 3, size, size, generator=gen)
+        out.append({"image": image.to(device), "mask": mask.to(device)})
+    return out
+
+
+def compose_run(width: float, num_classes: int) -> Any:
+    """The training config a user would run, with the benchmark's model width and class count."""
+    overrides = [
+        f"model.backbone.width={width}",
+        f"data.num_classes={num_classes}",
+        "model.channels_last=false",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def lightning_run(
+    cfg: Any, model: nn.Module, batches: list, warmup: int, precision: str, channels_last: bool
+) -> float:
+    """Images/s of the timed steps of trainer.fit on SegmentationModule."""
+    module = SegmentationModule(
+        model=model,
+        loss=hydra.utils.instantiate(cfg.loss),
+        optimizer=hydra.utils.instantiate(cfg.optim),
+        num_classes=cfg.data.num_classes,
+        ignore_index=cfg.data.ignore_index,
+        scheduler=dict(cfg.scheduler),
+        channels_last=channels_last,
+    )
+    timer = StepTimer(warmup)
+    trainer = L.Trainer(
+        accelerator=batches[0]["image"].device.type, devices=1, precision=precision, max_steps=len(batches),
+        limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+    )  # fmt: skip
+    trainer.fit(module, datamodule=InMemoryData(batches))
+    return images_per_s(batches, warmup, timer.end - timer.start)
+
+
+def bare_run(
+    cfg: Any, model: nn.Module, batches: list, warmup: int, precision: str, channels_last: bool
+) -> float:
+    """Images/s of the same steps in a plain loop: forward, loss, backward, AdamW, poly LR."""
+    device = batches[0]["image"].device
+    model = model.to(device).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = hydra.utils.instantiate(cfg.loss).to(device)
+    optimizer = hydra.utils.instantiate(cfg.optim)(
+        params=[p for p in model.parameters() if p.requires_grad]
+    )
+    poly = torch.optim.lr_scheduler.PolynomialLR(
+        optimizer, total_iters=len(batches), power=cfg.scheduler.power
+    )
+    dtype = torch.bfloat16 if precision == "bf16-mixed" else None
+    start = 0.0
+    for step, batch in enumerate(batches):
+        if step == warmup:
+            start = now(device)
+        images = (
+            batch["image"].contiguous(memory_format=torch.channels_last)
+            if channels_last
+            else batch["image"]
+        )
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = model(images)
+            loss = loss_fn(out["out"] if isinstance(out, dict) else out, batch["mask"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        poly.step()
+        del out, loss  # as Lightning does: nothing of this step outlives it
+    return images_per_s(batches, warmup, now(device) - start)
+
+
+def images_per_s(batches: list, warmup: int, seconds: float) -> float:
+    """Throughput over the timed (post-warm-up) batches."""
+    return sum(b["image"].shape[0] for b in batches[warmup:]) / seconds
+
+
+def compare(
+    cfg: Any, template: nn.Module, batches: list, args: argparse.Namespace, **mode: Any
+) -> dict:
+    """Alternate both paths `repeats` times from the same initial weights; medians and peak memory."""
+    runs: dict[str, list[float]] = {"bare": [], "lightning": []}
+    peak: dict[str, float] = {}
+    paths: dict[str, Callable[..., float]] = {"bare": bare_run, "lightning": lightning_run}
+    for repeat in range(args.repeats):
+        order = list(paths.items())
+        for name, run in order if repeat % 2 == 0 else order[::-1]:  # neither path always first
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            runs[name].append(run(cfg, copy.deepcopy(template), batches, args.warmup, **mode))
+            if batches[0]["image"].is_cuda:
+                peak[name] = max(peak.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
+    return {name: statistics.median(values) for name, values in runs.items()} | {"peak": peak}
+
+
+def report(title: str, result: dict) -> None:
+    """One line per path and the ratio."""
+    print(f"  {title}")
+    for name in ("bare", "lightning"):
+        memory = f"   peak {result['peak'][name]:.2f} GiB" if name in result["peak"] else ""
+        print(f"    {name:<10} {result[name]:8.1f} images/s{memory}")
+    print(f"    ratio lightning/bare = {result['lightning'] / result['bare']:.3f}")
+
+
+def main() -> None:
+    """Parse arguments, run the CPU comparison and, with CUDA, the 512x512 GPU modes."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--width", type=float, default=0.25, help="model.backbone.width on CPU")
+    parser.add_argument("--gpu-batch", type=int, default=8)
+    parser.add_argument("--gpu-width", type=float, default=1.0)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
+    parser.add_argument("--num-classes", type=int, default=21)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    L.seed_everything(0, verbose=False)
+    steps = args.warmup + args.steps
+
+    cfg = compose_run(args.width, args.num_classes)
+    template, _ = build_model(cfg.model)
+    print(
+        f"seglab training throughput: {cfg.model._target_.rsplit('.', 1)[-1]} ({cfg.model.backbone.name} "
+        f"x{args.width}), {args.num_classes} classes, AdamW + poly LR; {args.steps} timed steps after "
+        f"{args.warmup} warm-up, median of {args.repeats}; torch {torch.__version__}, lightning {L.__version__}"
+    )
+    cpu = torch.device("cpu")
+    batches = make_batches(steps, args.batch, args.size, args.num_classes, cpu)
+    result = compare(cfg, template, batches, args, precision="32-true", channels_last=False)
+    report(
+        f"CPU ({torch.get_num_threads()} threads), fp32, batch {args.batch} at {args.size}x{args.size}",
+        result,
+    )
+    print(
+        f"    goal >= 0.95: {'met' if result['lightning'] / result['bare'] >= 0.95 else 'NOT met'}"
+    )
+
+    if not torch.cuda.is_available():
+        print(
+            "  CUDA not available: skipping the 512x512 GPU runs (fp32, bf16-mixed, channels_last)"
+        )
+        return
+    cfg = compose_run(args.gpu_width, args.num_classes)
+    template, _ = build_model(cfg.model)
+    batches = make_batches(steps, args.gpu_batch, 512, args.num_classes, torch.device("cuda"))
+    modes = {
+        "fp32": ("32-true", False),
+        "bf16-mixed": ("bf16-mixed", False),
+        "fp32 + channels_last": ("32-true", True),
+        "bf16-mixed + channels_last": ("bf16-mixed", True),
+    }
+    gpu = torch.cuda.get_device_name()
+    for name, (precision, channels_last) in modes.items():
+        result = compare(
+            cfg, template, batches, args, precision=precision, channels_last=channels_last
+        )
+        report(f"{gpu}, {name}, width {args.gpu_width}, batch {args.gpu_batch} at 512x512", result)
+
+
+if __name__ == "__main__":
+    main()
