@@ -128,7 +128,7 @@ def _shape_alpha(
         axes = (int(radius * scale), int(radius * rng.uniform(0.8, 1.0) * scale))
         cv2.ellipse(alpha, c, axes, degrees, 0, 360, 255, -1, cv2.LINE_AA, _SUBPIXEL)
         if cls == 4:
-            hole = rng.uniform(0.45, 0.6)
+            hole = rng.uniform(0.4, 0.55)
             inner = (int(axes[0] * hole), int(axes[1] * hole))
             cv2.ellipse(alpha, c, inner, degrees, 0, 360, 0, -1, cv2.LINE_AA, _SUBPIXEL)
         return alpha
@@ -139,7 +139,7 @@ def _shape_alpha(
         corners = np.radians([90.0, 210.0, 330.0]) + np.radians(rng.uniform(-10, 10, 3))
         points = 1.15 * radius * np.stack([np.cos(corners), np.sin(corners)], axis=1)
     else:  # cross: a plus sign with arms of equal length
-        arm, half = radius, radius * rng.uniform(0.22, 0.32)
+        arm, half = radius, radius * rng.uniform(0.26, 0.36)
         quarter = np.array([[half, -half], [arm, -half], [arm, half], [half, half]])
         turns = [
             np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
