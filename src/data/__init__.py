@@ -1,0 +1,1 @@
+"""Datasets (VOC, folder, the embedded synthetic set), transforms and the LightningDataModule."""
