@@ -16,6 +16,16 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 os.environ.setdefault("SEGLAB_ROOT", str(ROOT))
 
+# A 6-class FCN-8s at 1/16 width: the model config tests build checkpoints from by hand.
+TINY_FCN8S_CFG = {
+    "_target_": "src.models.fcn.FCN8s",
+    "num_classes": 6,
+    "backbone": {"name": "vgg16_bn", "width": 0.0625, "weights": None},
+    "learnable_upsampling": True,
+    "init_from": None,
+    "dropout": 0.5,
+}
+
 
 def compose_config(name: str, overrides: Sequence[str], output_dir: Path) -> DictConfig:
     """Compose conf/<name>.yaml with overrides, as `python src/<name>.py ...` would, writing into output_dir."""
@@ -40,7 +50,14 @@ def smoke_cfg(data_dir: Path, tmp_path: Path):
 
     def make(*overrides: str, name: str = "train") -> DictConfig:
         return compose_config(
-            name, ["debug=smoke", f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}/logs", *overrides], tmp_path / "run"
+            name,
+            [
+                "debug=smoke",
+                f"paths.data_dir={data_dir}",
+                f"paths.log_dir={tmp_path}/logs",
+                *overrides,
+            ],
+            tmp_path / "run",
         )
 
     return make

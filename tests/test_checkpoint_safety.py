@@ -13,7 +13,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, compose_config
+from conftest import ROOT, TINY_FCN8S_CFG, compose_config
 from omegaconf import OmegaConf
 
 from src.eval import evaluate
@@ -24,14 +24,7 @@ from src.utils.checkpoint import load_checkpoint, model_from_checkpoint, verify_
 from src.utils.errors import UserError
 from src.utils.instantiate import build_model
 
-MODEL_CFG = {
-    "_target_": "src.models.fcn.FCN8s",
-    "num_classes": 6,
-    "backbone": {"name": "vgg16_bn", "width": 0.0625, "weights": None},
-    "learnable_upsampling": True,
-    "init_from": None,
-    "dropout": 0.5,
-}
+MODEL_CFG = TINY_FCN8S_CFG
 
 
 class Payload:

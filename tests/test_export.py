@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, compose_config
+from conftest import ROOT, TINY_FCN8S_CFG, compose_config
 from omegaconf import OmegaConf
 
 from src.utils.errors import UserError
@@ -21,14 +21,7 @@ export_script = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = export_script  # dataclasses look their module up there
 _spec.loader.exec_module(export_script)
 
-MODEL_CFG = {
-    "_target_": "src.models.fcn.FCN8s",
-    "num_classes": 6,
-    "backbone": {"name": "vgg16_bn", "width": 0.0625, "weights": None},
-    "learnable_upsampling": True,
-    "init_from": None,
-    "dropout": 0.5,
-}
+MODEL_CFG = TINY_FCN8S_CFG
 
 
 @pytest.fixture(scope="module")
