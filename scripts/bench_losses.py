@@ -1,12 +1,15 @@
-"""Benchmark `focal_dice` against seed 003's `Focal_Loss + Dice_loss`: time and working memory.
+"""Loss time and working memory: seglab's presets on both paths, seed 003 and F.cross_entropy.
 
-    python scripts/bench_losses.py [--shape 8 21 512 512] [--reps 3] [--threads N]
+    python scripts/bench_losses.py [--shape 8 21 512 512] [--presets focal_dice ...] [--threads N]
 
-Each measurement runs in its own spawned process. Working memory = peak resident memory (VmHWM)
-during forward+backward minus the peak of the same process holding only the logits, their
-gradient and the mask. The seed's one-hot target (float32 `(N,H,W,C+1)`, which its dataset
-builds per image) is created after the baseline, so it counts as the seed's working memory; its
-size is printed separately.
+Rows: seed 003's `Focal_Loss + Dice_loss` (the baseline of `focal_dice`), `F.cross_entropy` (the
+baseline every term is put next to), and each `--presets` loss as `python src/train.py loss=<name>`
+builds it, on the fused path (`loss.fused=auto`, where the preset has one) and on the plain
+modules (`loss.fused=false`). Each measurement runs forward+backward in its own spawned process.
+Working memory = peak resident memory (VmHWM) during forward+backward minus the peak of the same
+process holding only the logits, their gradient and the mask. The seed's one-hot target (float32
+`(N,H,W,C+1)`, which its dataset builds per image) is created after the baseline, so it counts as
+the seed's working memory; its size is printed separately.
 """
 
 import argparse
@@ -88,16 +91,47 @@ def _inputs(shape, seed=0):
     return logits, mask
 
 
+def preset_loss(name: str, num_classes: int, fused: bool):
+    """`loss=<name>` as src/train.py composes and builds it, with `loss.fused` set."""
+    from hydra import compose, initialize_config_dir
+
+    import src  # noqa: F401  (SEGLAB_ROOT for conf/paths)
+    from src.utils.build import build_loss
+
+    overrides = [f"loss={name}", f"data.num_classes={num_classes}", f"loss.fused={'auto' if fused else 'false'}"]
+    overrides.append(f"data.class_names=[{','.join(f'c{i}' for i in range(num_classes))}]")
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return build_loss(compose("train", overrides=overrides).loss)
+
+
+def _loss_function(kind: str, num_classes: int):
+    """(loss(logits, mask), is it the seed's) for a row of the table."""
+    import torch
+
+    if kind == "seed":
+        weights = torch.ones(num_classes)
+
+        def seed(logits, mask):
+            png = torch.where(mask == 255, num_classes, mask)  # the seed's ignore label is num_classes
+            onehot = torch.nn.functional.one_hot(png, num_classes + 1).float()
+            return seed_focal_loss(logits, png, weights, num_classes) + seed_dice_loss(logits, onehot)
+
+        return seed
+    if kind == "F.cross_entropy":
+        return lambda logits, mask: torch.nn.functional.cross_entropy(logits, mask, ignore_index=255)
+    name, path = kind.split(" ", 1)
+    return preset_loss(name, num_classes, fused=path == "(fused)")
+
+
 def _measure(kind: str, shape: tuple, reps: int, threads: int, queue) -> None:
     import torch
 
     torch.set_num_threads(threads)
     logits, mask = _inputs(shape)
     n, c = shape[:2]
-    if kind == "ours":
-        from src.losses.composite import CompositeLoss
-
-        loss_fn = CompositeLoss(255, c, focal={"gamma": 2.0}, dice={})
+    loss_fn = _loss_function(kind, c)
+    if kind != "seed":
 
         def step():
             return loss_fn(logits, mask)
@@ -109,15 +143,7 @@ def _measure(kind: str, shape: tuple, reps: int, threads: int, queue) -> None:
 
     # Warm up on a tiny batch so one-off allocations (thread pools, kernels) count for neither.
     small_logits, small_mask = _inputs((1, c, 32, 32))
-    small_png = torch.where(small_mask == 255, c, small_mask)
-    if kind == "ours":
-        loss_fn(small_logits, small_mask).backward()
-    else:
-        small_onehot = torch.nn.functional.one_hot(small_png, c + 1).float()
-        (
-            seed_focal_loss(small_logits, small_png, weights, c)
-            + seed_dice_loss(small_logits, small_onehot)
-        ).backward()
+    loss_fn(small_logits, small_mask).backward()
     # Baseline: the process holding the logits, their gradient and the mask. The gradient is then
     # dropped, as `optimizer.zero_grad()` does, and backward allocates it again.
     logits.grad = torch.zeros_like(logits)
@@ -160,6 +186,14 @@ def run(kind: str, shape: tuple, reps: int, threads: int) -> dict:
     return result
 
 
+def kinds(presets: list[str]) -> list[str]:
+    """The table's rows: the two baselines, then each preset fused (where it can be) and plain."""
+    rows = ["seed", "F.cross_entropy"]
+    for name in presets:
+        rows += [f"{name} (fused)", f"{name} (plain)"]
+    return rows
+
+
 def main() -> None:
     """Parse arguments, run the measurements in alternating rounds, print them side by side."""
     parser = argparse.ArgumentParser(
@@ -168,40 +202,40 @@ def main() -> None:
     parser.add_argument(
         "--shape", type=int, nargs=4, default=[8, 21, 512, 512], metavar=("N", "C", "H", "W")
     )
+    parser.add_argument("--presets", nargs="+", default=["focal_dice"], help="conf/loss presets")
     parser.add_argument("--reps", type=int, default=2, help="forward+backward passes per process")
-    parser.add_argument("--rounds", type=int, default=3, help="seed/ours process pairs, alternated")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over every row, alternated")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     shape = tuple(args.shape)
     print(
-        f"focal_dice forward+backward on logits {shape} float32, {args.threads} thread(s), "
+        f"forward+backward on logits {shape} float32, {args.threads} thread(s), "
         f"{args.rounds} rounds x {args.reps} reps, load average {os.getloadavg()[0]:.1f}"
     )
+    rows = kinds(args.presets)
     rounds = []
-    for _ in range(args.rounds):  # alternate so that both see the same background load
-        rounds.append({k: run(k, shape, args.reps, args.threads) for k in ("seed", "ours")})
-    best = {k: [min(r[k]["times"]) for r in rounds] for k in ("seed", "ours")}
-    work = {k: statistics.median(r[k]["work_mib"] for r in rounds) for k in ("seed", "ours")}
-    speedups = [s / o for s, o in zip(best["seed"], best["ours"], strict=True)]
-    print(f"{'':28}{'seed 003':>12}{'seglab':>12}{'ratio':>10}")
-    for i, (s_, o_) in enumerate(zip(best["seed"], best["ours"], strict=True)):
-        print(f"{f'time, round {i + 1} (s)':28}{s_:>12.3f}{o_:>12.3f}{s_ / o_:>9.1f}x")
-    med = {k: statistics.median(v) for k, v in best.items()}
-    print(
-        f"{'time, median (s)':28}{med['seed']:>12.3f}{med['ours']:>12.3f}{statistics.median(speedups):>9.1f}x"
-    )
-    ratio = work["seed"] / max(work["ours"], 1e-9)
-    print(f"{'working memory (MiB)':28}{work['seed']:>12.1f}{work['ours']:>12.1f}{ratio:>9.1f}x")
-    base = {k: rounds[0][k]["baseline_mib"] for k in ("seed", "ours")}
-    print(f"{'baseline peak RSS (MiB)':28}{base['seed']:>12.1f}{base['ours']:>12.1f}")
-    print(
-        f"seed's one-hot + png target, part of its working memory: {rounds[0]['seed']['target_mib']:.1f} MiB"
-    )
-    values = {k: rounds[0][k]["value"] for k in ("seed", "ours")}
-    print(
-        f"loss values (differ by design: the seed averages over ignored pixels and halves focal "
-        f"with alpha=0.5): seed {values['seed']:.5f}, seglab {values['ours']:.5f}"
-    )
+    for index in range(args.rounds):  # alternate the order so that all see the same background load
+        order = rows if index % 2 == 0 else rows[::-1]
+        rounds.append({k: run(k, shape, args.reps, args.threads) for k in order})
+    report(rows, rounds)
+
+
+def report(rows: list[str], rounds: list[dict]) -> None:
+    """One line per row: median time, working memory, and both against the baselines."""
+    time = {k: statistics.median(min(r[k]["times"]) for r in rounds) for k in rows}
+    work = {k: statistics.median(r[k]["work_mib"] for r in rounds) for k in rows}
+    header = f"{'':24}{'time (s)':>10}{'vs seed':>9}{'vs F.ce':>9}{'memory (MiB)':>14}{'vs seed':>9}{'vs F.ce':>9}"
+    print(header)
+    for k in rows:
+        print(
+            f"{k:24}{time[k]:>10.3f}{time['seed'] / time[k]:>8.2f}x{time['F.cross_entropy'] / time[k]:>8.2f}x"
+            f"{work[k]:>14.1f}{work['seed'] / max(work[k], 1e-9):>8.2f}x"
+            f"{work['F.cross_entropy'] / max(work[k], 1e-9):>8.2f}x"
+        )
+    print("(vs ...: the baseline's time or memory over this row's; above 1 means this row is faster or smaller)")
+    print(f"seed's one-hot + png target, part of its working memory: {rounds[0]['seed']['target_mib']:.1f} MiB")
+    values = ", ".join(f"{k} {rounds[0][k]['value']:.5f}" for k in rows)
+    print(f"loss values (the seed averages over ignored pixels and halves focal with alpha=0.5): {values}")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+import hydra
 import torch
 import torch.nn.functional as F
 import torchvision
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 
 from src.models.backbones import VGGFeatures  # noqa: E402
 from src.models.complexity import count_parameters, gflops  # noqa: E402
-from src.utils.instantiate import build_model  # noqa: E402
 
 PRESETS = [
     "fcn32s",
@@ -39,12 +39,13 @@ PRESETS = [
 
 
 def preset_model(name: str, width: float, num_classes: int) -> nn.Module:
-    """Instantiate conf/model/<name>.yaml as a training run would, at `width` where it applies."""
-    cfg = OmegaConf.create({"data": {"num_classes": num_classes}})
-    cfg.model = OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml")
-    if "width" in cfg.model.backbone:
-        cfg.model.backbone.width = width
-    return build_model(cfg.model)[0]
+    """Instantiate `model=<name>` as a training run composes it, at `width` where it applies."""
+    overrides = [f"model={name}", f"data.num_classes={num_classes}"]
+    if not name.startswith("tv_"):  # torchvision's models have width 1.0 only
+        overrides.append(f"model.backbone.width={width}")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    return hydra.utils.instantiate(cfg.model)
 
 
 def bare_backbone(name: str, width: float) -> tuple[str, nn.Module]:

@@ -17,6 +17,7 @@ import argparse
 import copy
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +33,8 @@ import lightning as L  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from src.segmentation_module import SegmentationModule  # noqa: E402
-from src.utils.instantiate import build_model  # noqa: E402
+from src.module import build_schedule  # noqa: E402
+from src.utils.build import build_loss, build_module  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -97,7 +98,10 @@ def compose_run(width: float, num_classes: int) -> Any:
     overrides = [
         f"model.backbone.width={width}",
         f"data.num_classes={num_classes}",
-        "model.channels_last=false",
+        f"data.class_names=[{','.join(f'c{i}' for i in range(num_classes))}]",
+        "module.channels_last=false",
+        "model_size_at=null",
+        f"paths.output_dir={tempfile.gettempdir()}/seglab_bench_train",  # no Hydra run dir here
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
@@ -106,16 +110,10 @@ def compose_run(width: float, num_classes: int) -> Any:
 def lightning_run(
     cfg: Any, model: nn.Module, batches: list, warmup: int, precision: str, channels_last: bool
 ) -> float:
-    """Images/s of the timed steps of trainer.fit on SegmentationModule."""
-    module = SegmentationModule(
-        model=model,
-        loss=hydra.utils.instantiate(cfg.loss),
-        optimizer=hydra.utils.instantiate(cfg.optim),
-        num_classes=cfg.data.num_classes,
-        ignore_index=cfg.data.ignore_index,
-        scheduler=dict(cfg.scheduler),
-        channels_last=channels_last,
-    )
+    """Images/s of the timed steps of trainer.fit on the module train.py builds."""
+    cfg = copy.deepcopy(cfg)
+    cfg.module.channels_last = channels_last
+    module = build_module(cfg, model, build_loss(cfg.loss))
     timer = StepTimer(warmup)
     trainer = L.Trainer(
         accelerator=batches[0]["image"].device.type, devices=1, precision=precision, max_steps=len(batches),
@@ -134,13 +132,11 @@ def bare_run(
     model = model.to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = hydra.utils.instantiate(cfg.loss).to(device)
+    loss_fn = build_loss(cfg.loss).to(device)
     optimizer = hydra.utils.instantiate(cfg.optim)(
         params=[p for p in model.parameters() if p.requires_grad]
     )
-    poly = torch.optim.lr_scheduler.PolynomialLR(
-        optimizer, total_iters=len(batches), power=cfg.scheduler.power
-    )
+    poly = build_schedule(hydra.utils.instantiate(cfg.module.scheduler), optimizer, len(batches))
     dtype = torch.bfloat16 if precision == "bf16-mixed" else None
     start = 0.0
     for step, batch in enumerate(batches):
@@ -216,7 +212,7 @@ def main() -> None:
     steps = args.warmup + args.steps
 
     cfg = compose_run(args.width, args.num_classes)
-    template, _ = build_model(cfg.model)
+    template = hydra.utils.instantiate(cfg.model)
     print(
         f"seglab training throughput: {cfg.model._target_.rsplit('.', 1)[-1]} ({cfg.model.backbone.name} "
         f"x{args.width}), {args.num_classes} classes, AdamW + poly LR; {args.steps} timed steps after "
@@ -239,7 +235,7 @@ def main() -> None:
         )
         return
     cfg = compose_run(args.gpu_width, args.num_classes)
-    template, _ = build_model(cfg.model)
+    template = hydra.utils.instantiate(cfg.model)
     batches = make_batches(steps, args.gpu_batch, 512, args.num_classes, torch.device("cuda"))
     modes = {
         "fp32": ("32-true", False),

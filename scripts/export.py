@@ -28,9 +28,9 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 from torch import nn  # noqa: E402
 
 import src  # noqa: E402, F401  (sets SEGLAB_ROOT, which stored data paths may refer to)
+from src.data.io import read_image  # noqa: E402
 from src.data.transforms import normalize, pad_collate  # noqa: E402
-from src.predict import read_rgb  # noqa: E402
-from src.utils.checkpoint import model_from_checkpoint  # noqa: E402
+from src.utils.checkpoint import InputConvention, input_convention, model_from_checkpoint  # noqa: E402
 from src.utils.errors import UserError  # noqa: E402
 
 FORMATS = ("onnx", "torchscript")
@@ -109,15 +109,16 @@ def default_input(hparams: dict[str, Any]) -> Path:
         ) from None
 
 
-def real_input(path: Path, pad_multiple: int = 32) -> torch.Tensor:
-    """The image as validation sees it: RGB, padded (mean colour) to a multiple of 32, normalised (1, 3, H, W)."""
-    image = read_rgb(path)
+def real_input(path: Path, convention: InputConvention) -> torch.Tensor:
+    """The image as validation sees it: padded (mean colour) to the checkpoint's multiple, normalised (1, 3, H, W)."""
+    image = read_image(path)
     sample = {
         "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
         "mask": torch.zeros(image.shape[:2], dtype=torch.uint8),
         "name": path.stem,
     }
-    return normalize(pad_collate([sample], multiple=pad_multiple)["image"])
+    batch = pad_collate([sample], multiple=convention.pad_multiple)
+    return normalize(batch["image"], convention.normalize)
 
 
 def resized(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -229,10 +230,7 @@ def parity(model: nn.Module, fmt: str, output: Path, images: list[torch.Tensor])
 def export(cfg: ExportConfig) -> dict[str, Any]:
     """Export, check parity, print the figures; return {'output', 'shapes', 'max_abs_diff'}."""
     model, hparams = model_from_checkpoint(cfg.ckpt_path)
-    pad_multiple = int(
-        ((hparams.get("config") or {}).get("data") or {}).get("val_pad_multiple", 32)
-    )
-    image = real_input(Path(cfg.input) if cfg.input else default_input(hparams), pad_multiple)
+    image = real_input(Path(cfg.input) if cfg.input else default_input(hparams), input_convention(hparams))
     example = trace_example(image)
     model = logits_module(model, example)
     # Parity at the validation size, the export size and a third one: the dynamic axes at work.

@@ -1,12 +1,11 @@
 """Evaluate a checkpoint on a dataset split: per-class table, metrics.json, confusion-matrix PNG.
 
-python src/eval.py ckpt_path=<run>/checkpoints/last.ckpt [data=...] [data.split=val]
+python src/eval.py ckpt_path=<run>/checkpoints/last.ckpt [data=...] [data.val_split=val]
                    [eval.mode=whole|slide eval.crop_size=512 eval.stride=341] [eval.tta=true]
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -26,14 +25,16 @@ from torch import nn  # noqa: E402
 
 from src.inference import InferenceOptions, segment_padded_batch  # noqa: E402
 from src.metrics import SegmentationMetrics  # noqa: E402
-from src.utils.checkpoint import model_from_checkpoint  # noqa: E402
+from src.module import SUMMARY_METRICS  # noqa: E402
+from src.utils.build import build_datamodule, build_trainer  # noqa: E402
+from src.utils.checkpoint import input_convention, model_from_checkpoint  # noqa: E402
 from src.utils.errors import UserError  # noqa: E402
-from src.utils.instantiate import build_loggers  # noqa: E402
+from src.utils.files import write_json_atomic  # noqa: E402
 from src.visualization import confusion_matrix_image  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-SUMMARY = ("mIoU", "mAcc", "aAcc", "FWIoU", "mDice")
+SUMMARY = SUMMARY_METRICS
 
 
 class Evaluator(L.LightningModule):
@@ -46,7 +47,7 @@ class Evaluator(L.LightningModule):
         num_classes: int,
         ignore_index: int,
         class_names: Sequence[str],
-        pad_multiple: int = 32,
+        pad_multiple: int,
     ) -> None:
         super().__init__()
         self.model = model
@@ -132,25 +133,14 @@ def write_outputs(
     class_names: Sequence[str],
 ) -> None:
     """metrics.json and confusion_matrix.png (row-normalised, class names on the axes)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_json_atomic(output_dir / "metrics.json", payload)
     Image.fromarray(confusion_matrix_image(scores["confmat"], class_names)).save(
         output_dir / "confusion_matrix.png"
     )
 
 
-def build_datamodule(cfg: DictConfig) -> Any:
-    """The configured datamodule, validating on `data.split`."""
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    split = str(data_cfg.pop("split", None) or data_cfg.get("val_split", "val"))
-    datamodule = hydra.utils.instantiate(data_cfg, val_split=split)
-    datamodule.prepare_data()
-    datamodule.split_pairs(split)  # a missing split fails here, before any model is built
-    return datamodule
-
-
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Score `cfg.ckpt_path` on `cfg.data.split`; write metrics.json and the confusion-matrix PNG; return the payload."""
+    """Score `cfg.ckpt_path` on `data.val_split`; write metrics.json and the confusion-matrix PNG; return the payload."""
     if not cfg.get("ckpt_path"):
         raise UserError(
             "ckpt_path is required: python src/eval.py ckpt_path=<run>/checkpoints/last.ckpt"
@@ -158,7 +148,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     options = InferenceOptions.from_config(OmegaConf.to_container(cfg.eval, resolve=True), "eval")
     model, hparams = model_from_checkpoint(cfg.ckpt_path)
-    datamodule = build_datamodule(cfg)
+    # the images are normalised as the checkpoint's model was trained to see them
+    normalize = input_convention(hparams).normalize
+    log.info("inputs normalised as in training: data.normalize=%s", normalize)
+    datamodule = build_datamodule(cfg.data, splits=[cfg.data.val_split], normalize=normalize)
     if int(hparams["num_classes"]) != datamodule.num_classes:
         raise UserError(
             f"checkpoint {cfg.ckpt_path} predicts {hparams['num_classes']} classes but data.num_classes="
@@ -170,11 +163,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         datamodule.num_classes,
         datamodule.ignore_index,
         datamodule.class_names,
-        pad_multiple=int(getattr(datamodule, "val_pad_multiple", 32)),
+        pad_multiple=datamodule.pad_multiple,
     )
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=build_loggers(cfg.get("logger")) or False
-    )
+    trainer = build_trainer(cfg)
     trainer.validate(evaluator, datamodule=datamodule, verbose=False)
     payload = {
         **flat_metrics(evaluator.scores, datamodule.class_names),

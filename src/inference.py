@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from src.data.transforms import padded_size
 from src.utils.errors import UserError
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -148,11 +149,6 @@ def segment(forward: Forward, images: torch.Tensor, options: InferenceOptions) -
     if options.tta:
         return predict_tta(forward, images, options)
     return predict_single_scale(forward, images, options)
-
-
-def padded_size(height: int, width: int, multiple: int = 32) -> tuple[int, int]:
-    """(H, W) rounded up to a multiple (the validation batches' padding)."""
-    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
 
 def segment_padded_batch(

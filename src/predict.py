@@ -16,7 +16,6 @@ from typing import Any
 # `python src/predict.py` puts src/ on sys.path, not the repository root that holds the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import cv2  # noqa: E402
 import hydra  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -24,16 +23,15 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 from rich.progress import track  # noqa: E402
 
-from src.data.palette import save_palette_png  # noqa: E402
+from src.data.io import IMAGE_SUFFIXES, read_image  # noqa: E402
+from src.data.palette import colorize, colour_table, save_palette_png  # noqa: E402
 from src.data.transforms import normalize, pad_collate  # noqa: E402
 from src.inference import InferenceOptions, segment_padded_batch  # noqa: E402
-from src.utils.checkpoint import model_from_checkpoint  # noqa: E402
+from src.utils.checkpoint import InputConvention, input_convention, model_from_checkpoint  # noqa: E402
 from src.utils.errors import UserError  # noqa: E402
-from src.visualization import colorize_labels, full_palette, overlay  # noqa: E402
+from src.visualization import overlay  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def list_inputs(spec: str) -> list[Path]:
@@ -65,15 +63,6 @@ def list_inputs(spec: str) -> list[Path]:
     return files
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """Decode an image file to RGB uint8 (H, W, 3), as the datasets do."""
-    data = np.fromfile(path, dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise UserError(f"cannot decode image {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def choose_device(name: str) -> torch.device:
     """`auto` -> cuda when available, else cpu; anything else as torch names it."""
     if name == "auto":
@@ -103,13 +92,13 @@ def predict_files(
     options: InferenceOptions,
     device: torch.device,
     batch_size: int,
-    pad_multiple: int,
+    convention: InputConvention,
 ) -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:
     """(file, RGB image, class mask) per file, each predicted at its original size.
 
-    Images are batched and padded exactly as validation batches are (mean colour, bottom/right,
-    to a multiple of `pad_multiple`), and every image is predicted on its own padded extent, so a
-    mask here equals the prediction eval.py scores for the same file.
+    Images are batched, padded and normalised exactly as validation batches are (mean colour,
+    bottom/right, to a multiple of `convention.pad_multiple`), and every image is predicted on its
+    own padded extent, so a mask here equals the prediction eval.py scores for the same file.
     """
 
     def logits(images: torch.Tensor) -> torch.Tensor:
@@ -117,7 +106,7 @@ def predict_files(
         return out["out"] if isinstance(out, dict) else out
 
     for chunk in batches(files, batch_size):
-        images = [read_rgb(path) for path in chunk]
+        images = [read_image(path) for path in chunk]
         samples = [
             {
                 "image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))),
@@ -126,14 +115,14 @@ def predict_files(
             }
             for img, path in zip(images, chunk, strict=True)
         ]
-        batch = pad_collate(samples, multiple=pad_multiple)
+        batch = pad_collate(samples, multiple=convention.pad_multiple)
         with torch.inference_mode():
             masks = segment_padded_batch(
                 logits,
-                normalize(batch["image"].to(device)),
+                normalize(batch["image"].to(device), convention.normalize),
                 batch["sizes"].tolist(),
                 options,
-                pad_multiple,
+                convention.pad_multiple,
             )
         for path, image, mask in zip(chunk, images, masks, strict=True):
             yield path, image, mask.to(torch.uint8).cpu().numpy()
@@ -177,19 +166,22 @@ def predict(cfg: DictConfig) -> list[Path]:
     model.to(device)
     data_cfg = (hparams.get("config") or {}).get("data", {})
     try:
-        table = full_palette(palette_of(cfg, hparams), int(data_cfg.get("ignore_index", 255)))
+        table = colour_table(palette_of(cfg, hparams), int(data_cfg.get("ignore_index", 255)))
     except ValueError as err:
         raise UserError(f"predict.palette: {err}") from None
+    convention = input_convention(hparams)
+    if cfg.predict.get("pad_multiple") is not None:
+        if int(cfg.predict.pad_multiple) < 1:
+            raise UserError(f"predict.pad_multiple={cfg.predict.pad_multiple}: expected a positive integer or null")
+        convention = InputConvention(convention.normalize, int(cfg.predict.pad_multiple))
     output = Path(cfg.output)
     (output / "overlays").mkdir(parents=True, exist_ok=True)
     written = []
-    predictions = predict_files(
-        model, files, options, device, batch_size, int(data_cfg.get("val_pad_multiple", 32))
-    )
+    predictions = predict_files(model, files, options, device, batch_size, convention)
     for path, image, mask in track(predictions, total=len(files), description="predicting"):
         target = output / f"{path.stem}.png"
         save_palette_png(target, mask, table)  # pixel values are the class indices, as in VOC
-        Image.fromarray(overlay(image, colorize_labels(mask, table), alpha)).save(
+        Image.fromarray(overlay(image, colorize(mask, table), alpha)).save(
             output / "overlays" / f"{path.stem}.png"
         )
         written.append(target)

@@ -11,50 +11,13 @@ import cv2
 import numpy as np
 import torch
 
-from src.data.palette import voc_palette
-from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from src.data.palette import colorize
 
-IGNORE_RGB = (255, 255, 255)
 ABSENT_ROW_RGB = (200, 200, 200)
 BACKGROUND_RGB = (255, 255, 255)
 # Row-normalised cells are shaded from white (0) to a dark blue (1).
 HIGH_RGB = np.array((8, 48, 107), dtype=np.float64)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-
-
-def full_palette(
-    palette: np.ndarray | Sequence[Sequence[int]] | None = None, ignore_index: int = 255
-) -> np.ndarray:
-    """A 256-colour lookup table: the given colours (VOC's by default), ignore_index and the rest in IGNORE_RGB."""
-    table = np.tile(np.array(IGNORE_RGB, dtype=np.uint8), (256, 1))
-    if palette is None:
-        table[:] = voc_palette(256)  # VOC's own colour for 255, the object borders
-        return table
-    colours = np.asarray(palette, dtype=np.int64)
-    if (
-        colours.ndim != 2
-        or colours.shape[1] != 3
-        or not 1 <= len(colours) <= 256
-        or colours.min() < 0
-        or colours.max() > 255
-    ):
-        raise ValueError(
-            f"palette has shape {colours.shape}; expected (N, 3) RGB values in [0, 255], N <= 256"
-        )
-    table[: len(colours)] = colours
-    if len(colours) <= ignore_index < 256:
-        table[ignore_index] = IGNORE_RGB
-    return table
-
-
-def colorize_labels(mask: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) colours through a 256-entry table."""
-    mask = np.asarray(mask)
-    if mask.size and (mask.min() < 0 or mask.max() > 255):
-        raise ValueError(
-            f"mask values span [{mask.min()}, {mask.max()}]; expected indices in [0, 255]"
-        )
-    return table[mask.astype(np.uint8)]
 
 
 def overlay(image: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
@@ -63,14 +26,6 @@ def overlay(image: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
         raise ValueError(f"overlay alpha={alpha}: expected a value in [0, 1]")
     blend = (1.0 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)
     return np.clip(np.rint(blend), 0, 255).astype(np.uint8)
-
-
-def denormalize(image: torch.Tensor) -> np.ndarray:
-    """An ImageNet-normalised (3, H, W) tensor back to RGB uint8 (H, W, 3)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=image.device).view(3, 1, 1) * 255
-    rgb = (image.detach().float() * std + mean).round().clamp(0, 255).to(torch.uint8)
-    return rgb.permute(1, 2, 0).cpu().numpy()
 
 
 def _text(
@@ -110,7 +65,7 @@ def sample_grid(
         _text(canvas, title, (gap + col * (cell_w + gap), header - gap - 2), 0.4)
     for index, (image, target, prediction) in enumerate(rows):
         top = header + index * (cell_h + gap)
-        panels = (image, colorize_labels(target, table), colorize_labels(prediction, table))
+        panels = (image, colorize(target, table), colorize(prediction, table))
         for col, panel in enumerate(panels):
             left = gap + col * (cell_w + gap)
             canvas[top : top + panel.shape[0], left : left + panel.shape[1]] = panel

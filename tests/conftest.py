@@ -27,6 +27,16 @@ TINY_FCN8S_CFG = {
 }
 
 
+# The small embedded set in-process tests train and evaluate on (debug=smoke sizes the run, not the data).
+SMOKE_DATA = (
+    "data.root=${paths.data_dir}/synthetic_smoke",
+    "data.spec.num_train=16",
+    "data.spec.num_val=6",
+    "data.spec.min_size=64",
+    "data.spec.max_size=72",
+)
+
+
 def compose_config(name: str, overrides: Sequence[str], output_dir: Path) -> DictConfig:
     """Compose conf/<name>.yaml with overrides, as `python src/<name>.py ...` would, writing into output_dir."""
     GlobalHydra.instance().clear()
@@ -53,6 +63,7 @@ def smoke_cfg(data_dir: Path, tmp_path: Path):
             name,
             [
                 "debug=smoke",
+                *SMOKE_DATA,
                 f"paths.data_dir={data_dir}",
                 f"paths.log_dir={tmp_path}/logs",
                 *overrides,

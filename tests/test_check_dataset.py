@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from src.data.toy import write_folder
+from tests.helpers.toy_data import write_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "check_dataset.py"
@@ -24,23 +24,14 @@ def load_script():
     return module
 
 
-SMOKE_DATA = [
-    "data.spec.num_train=16",
-    "data.spec.num_val=6",
-    "data.spec.min_size=64",
-    "data.spec.max_size=72",
-]
-
-
 def test_synthetic_passes_and_reports_an_exact_histogram(
     data_dir: Path, tmp_path: Path, capsys
 ) -> None:
-    root = data_dir / "synthetic_smoke"  # the dataset debug=smoke uses, shared with the other tests
+    root = data_dir / "synthetic"  # the embedded dataset, shared with the other tests
     code = load_script().main(
         [
             "data=synthetic",
             f"data.root={root}",
-            *SMOKE_DATA,
             "--out",
             str(tmp_path),
             "--workers",

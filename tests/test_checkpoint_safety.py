@@ -9,20 +9,17 @@ from pathlib import Path
 
 import cv2
 import hydra
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_FCN8S_CFG, compose_config
-from omegaconf import OmegaConf
 
 from src.eval import evaluate
 from src.predict import predict
-from src.segmentation_module import SegmentationModule
 from src.train import train
+from src.utils import build
 from src.utils.checkpoint import load_checkpoint, model_from_checkpoint, verify_checkpoint
 from src.utils.errors import UserError
-from src.utils.instantiate import build_model
+from tests.conftest import ROOT, SMOKE_DATA, TINY_FCN8S_CFG, compose_config
 
 MODEL_CFG = TINY_FCN8S_CFG
 
@@ -43,7 +40,7 @@ class Payload:
 def tiny_checkpoint(extra: dict | None = None) -> dict:
     """A checkpoint shaped like src/train.py's: model tensors under `model.` and the run config."""
     torch.manual_seed(0)
-    model, _ = build_model(OmegaConf.create(MODEL_CFG))
+    model = hydra.utils.instantiate(MODEL_CFG)
     return {
         "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
         "hyper_parameters": {"num_classes": 6, "config": {"model": dict(MODEL_CFG), "data": {}}},
@@ -115,7 +112,7 @@ def test_eval_and_predict_refuse_it_and_the_payload_does_not_run(
     path, marker = evil
     eval_cfg = compose_config(
         "eval",
-        ["debug=smoke", f"paths.data_dir={data_dir}", f"ckpt_path={path}"],
+        ["debug=smoke", *SMOKE_DATA, f"paths.data_dir={data_dir}", f"ckpt_path={path}"],
         tmp_path / "eval",
     )
     with pytest.raises(UserError, match="needs arbitrary unpickling"):
@@ -158,7 +155,7 @@ def test_lightning_resume_with_weights_only_refuses_it(
     path, marker = evil
     cfg = compose_config(
         "train",
-        ["debug=smoke", f"paths.data_dir={data_dir}", "trainer.max_epochs=1"],
+        ["debug=smoke", *SMOKE_DATA, f"paths.data_dir={data_dir}", "trainer.max_epochs=1"],
         tmp_path / "run",
     )
     module, datamodule, trainer = build_run(cfg)
@@ -169,28 +166,16 @@ def test_lightning_resume_with_weights_only_refuses_it(
 
 def build_run(cfg):
     """The module, datamodule and trainer train.py would build (no callbacks or loggers)."""
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.prepare_data()
-    model, _ = build_model(cfg.model)
-    module = SegmentationModule(
-        model=model,
-        loss=hydra.utils.instantiate(cfg.loss),
-        optimizer=hydra.utils.instantiate(cfg.optim),
-        num_classes=datamodule.num_classes,
-        class_names=datamodule.class_names,
-        scheduler=dict(cfg.scheduler),
-    )
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=[], logger=False, enable_checkpointing=False
-    )
-    return module, datamodule, trainer
+    run = build.build_run(cfg, trainer=False)
+    trainer = build.build_trainer(cfg, callbacks=[], logger=False, enable_checkpointing=False)
+    return run.module, run.datamodule, trainer
 
 
 @pytest.mark.slow
 def test_a_real_last_ckpt_resumes_with_weights_only(data_dir: Path, tmp_path: Path) -> None:
     cfg = compose_config(
         "train",
-        ["debug=smoke", f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}/logs"],
+        ["debug=smoke", *SMOKE_DATA, f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}/logs"],
         tmp_path / "run",
     )
     train(cfg)
@@ -198,7 +183,7 @@ def test_a_real_last_ckpt_resumes_with_weights_only(data_dir: Path, tmp_path: Pa
     assert load_checkpoint(last)["global_step"] == 6  # 2 epochs x 3 batches: the real last one
     resume = compose_config(
         "train",
-        ["debug=smoke", f"paths.data_dir={data_dir}", "trainer.max_epochs=3"],
+        ["debug=smoke", *SMOKE_DATA, f"paths.data_dir={data_dir}", "trainer.max_epochs=3"],
         tmp_path / "resumed",
     )
     module, datamodule, trainer = build_run(resume)

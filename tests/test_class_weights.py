@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -13,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from src.data.masks import MaskDecoder
 from src.losses import class_weights as cw
 from src.losses.class_weights import resolve_class_weights
-from src.losses.composite import CompositeLoss
+from src.utils.build import composite_loss
 from src.utils.errors import UserError
 
 NUM_CLASSES = 4  # class 3 never occurs
@@ -81,26 +83,26 @@ def test_inverse_weights_average_one_over_training_pixels(masks) -> None:
 
 def test_cache_is_reused_and_masks_not_reread(masks, tmp_path, monkeypatch) -> None:
     reads: list[str] = []
-    real_read = cw.read_mask
+    decoder = MaskDecoder(NUM_CLASSES, II)
 
     def counting_read(path):
         reads.append(Path(path).name)
-        return real_read(path)
+        return decoder(path)
 
-    monkeypatch.setattr(cw, "read_mask", counting_read)
     cache = tmp_path / "cache"
-    first = resolve_class_weights("auto", masks, NUM_CLASSES, II, cache, "train")
+    resolve = functools.partial(resolve_class_weights, decode_mask=counting_read)
+    first = resolve("auto", masks, NUM_CLASSES, II, cache, "train")
     assert sorted(reads) == ["a.png", "b.png", "c.png"]
     files = list(cache.iterdir())
     assert [f.name for f in files] == ["class_weights-train-median_frequency.json"]
     assert json.loads(files[0].read_text())["weights"] == first
 
-    second = resolve_class_weights("auto", masks, NUM_CLASSES, II, cache, "train")
+    second = resolve("auto", masks, NUM_CLASSES, II, cache, "train")
     assert second == first and len(reads) == 3  # nothing re-read
 
-    resolve_class_weights("enet", masks, NUM_CLASSES, II, cache, "train")  # another method
-    resolve_class_weights("auto", masks, NUM_CLASSES, II, cache, "trainaug")  # another split
-    resolve_class_weights("auto", masks, NUM_CLASSES + 1, II, cache, "train")  # another key
+    resolve("enet", masks, NUM_CLASSES, II, cache, "train")  # another method
+    resolve("auto", masks, NUM_CLASSES, II, cache, "trainaug")  # another split
+    resolve("auto", masks, NUM_CLASSES + 1, II, cache, "train")  # another key
     assert len(reads) == 12
 
 
@@ -108,13 +110,14 @@ def test_cache_is_invalidated_when_a_mask_changes(masks, tmp_path, monkeypatch) 
     cache = tmp_path / "cache"
     before = resolve_class_weights("auto", masks, NUM_CLASSES, II, cache, "train")
     reads = []
-    real_read = cw.read_mask
-    monkeypatch.setattr(cw, "read_mask", lambda p: reads.append(p) or real_read(p))
+    decoder = MaskDecoder(NUM_CLASSES, II)
     labels = np.full((4, 4), 3, np.uint8)  # c.png now holds only class 3
     _palette_png(masks[2], labels)
     st = os.stat(masks[2])
     os.utime(masks[2], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    after = resolve_class_weights("auto", masks, NUM_CLASSES, II, cache, "train")
+    after = resolve_class_weights(
+        "auto", masks, NUM_CLASSES, II, cache, "train", decode_mask=lambda p: reads.append(p) or decoder(p)
+    )
     assert len(reads) == 3 and after != before and after[3] > 0 and after[1] > 0
 
 
@@ -172,5 +175,9 @@ def test_errors_name_the_key(masks, spec, paths, words) -> None:
 
 def test_resolved_weights_build_the_loss(masks, tmp_path) -> None:
     weights = resolve_class_weights("auto", masks, NUM_CLASSES, II, tmp_path, "train")
-    loss = CompositeLoss(II, NUM_CLASSES, weights, ce={}, dice={})
+    loss = composite_loss(
+        II, NUM_CLASSES, weights, ce={"_target_": "src.losses.CELoss"}, dice={"_target_": "src.losses.DiceLoss"}
+    )
     assert loss.class_weights.tolist() == pytest.approx(MEDIAN, rel=1e-6)
+    for term in loss.terms.values():  # the shared weights reach every term that takes them
+        assert term.class_weights.tolist() == pytest.approx(MEDIAN, rel=1e-6)

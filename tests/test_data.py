@@ -9,7 +9,6 @@ import hydra
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
 from PIL import Image
 from torch.utils.data import DistributedSampler
 
@@ -17,8 +16,9 @@ from src.data.augment import RandomResizeCrop
 from src.data.datamodule import SegDataModule, VOCDataModule
 from src.data.folder import FolderDataModule
 from src.data.samplers import UnpaddedDistributedSampler
-from src.data.toy import write_folder, write_voc
 from src.utils.errors import UserError
+from tests.conftest import compose_config
+from tests.helpers.toy_data import write_folder, write_voc
 
 SPLITS = {
     "train": ["2008_000001", "2008_000002", "2008_000003", "2008_000004"],

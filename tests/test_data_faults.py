@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 from src.data.augment import RandomResizeCrop
 from src.data.folder import FolderDataModule
 from src.data.masks import SampleError
-from src.data.toy import write_folder
 from src.utils.errors import UserError
+from tests.helpers.toy_data import write_folder
 
 STEMS = ["a", "b", "c", "d", "e", "f"]
 SPLITS = {"train": STEMS[:4], "val": STEMS[4:]}

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ROOT, compose_config
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.fabric.plugins.environments import LightningEnvironment
@@ -21,8 +20,9 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import open_dict, read_write
 from torch import nn
 
-from src.callbacks import AutoSyncBatchNorm
+from src.callbacks.sync_batchnorm import AutoSyncBatchNorm
 from src.utils import ddp
+from tests.conftest import ROOT, SMOKE_DATA, compose_config
 
 # What Lightning's launcher exports for its children; every test here must leave them as found.
 LAUNCH_ENV = (
@@ -53,7 +53,7 @@ def job_config(tmp_path: Path):
     cfg = compose_config(
         "train",
         [
-            "debug=smoke",
+            "debug=smoke", *SMOKE_DATA,
             "seed=7",
             "data.root=${paths.data_dir}/elsewhere",
             "hydra.job.chdir=false",

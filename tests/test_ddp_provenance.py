@@ -7,18 +7,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict, read_write
 
-from src.callbacks import (
-    FAULT_JOB_ENV,
-    FAULT_RANK_ENV,
-    CrashOnRank,
-    MetricsFile,
-    fault_injection_callbacks,
-    git_revision,
-)
+from src.callbacks.metrics_file import MetricsFile, git_revision
+from tests.conftest import ROOT
+from tests.helpers.faults import CrashOnRank
 
 
 def git(repo: Path, *args: str) -> str:
@@ -90,26 +84,19 @@ def set_job_num(cfg, num: int) -> None:
     HydraConfig().set_config(cfg)
 
 
-def test_fault_injection_is_off_unless_asked(smoke_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_with_a_job_fires_only_in_that_job_of_a_sweep(smoke_cfg) -> None:
     cfg = smoke_cfg()
-    monkeypatch.delenv(FAULT_RANK_ENV, raising=False)
-    monkeypatch.delenv(FAULT_JOB_ENV, raising=False)
-    assert fault_injection_callbacks() == []
-
-    monkeypatch.setenv(FAULT_RANK_ENV, "1")
-    (crash,) = fault_injection_callbacks()
-    assert isinstance(crash, CrashOnRank) and crash.rank == 1
-
-    monkeypatch.setenv(FAULT_JOB_ENV, "1")
+    crash = CrashOnRank(rank=1, batch_idx=1, job=1)
     set_job_num(cfg, 0)
-    assert fault_injection_callbacks() == []  # another job of the sweep
+    crash.on_train_batch_start(SimpleNamespace(global_rank=1), None, None, 1)  # another job
     set_job_num(cfg, 1)
-    assert len(fault_injection_callbacks()) == 1
+    with pytest.raises(RuntimeError, match="seglab fault injection: crashed rank 1"):
+        crash.on_train_batch_start(SimpleNamespace(global_rank=1), None, None, 1)
 
 
 def test_crash_on_rank_raises_only_on_its_rank_and_batch() -> None:
     crash = CrashOnRank(rank=1, batch_idx=1)
     crash.on_train_batch_start(SimpleNamespace(global_rank=0), None, None, 1)
     crash.on_train_batch_start(SimpleNamespace(global_rank=1), None, None, 0)
-    with pytest.raises(RuntimeError, match=f"seglab fault injection: {FAULT_RANK_ENV}=1"):
+    with pytest.raises(RuntimeError, match="seglab fault injection: crashed rank 1"):
         crash.on_train_batch_start(SimpleNamespace(global_rank=1), None, None, 1)

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
-from src.callbacks import FAULT_JOB_ENV, FAULT_RANK_ENV, git_revision
+from src.callbacks.metrics_file import git_revision
+from tests.conftest import ROOT, SMOKE_DATA
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 300  # 5x a run on 2 shared cores; a hang fails the test instead of blocking CI
@@ -25,7 +25,7 @@ def run_train(
     *args: str, data_dir: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """Run src/train.py in its own session; on timeout kill the whole session (DDP children included)."""
-    command = [sys.executable, "src/train.py", *args, "debug=smoke", f"paths.data_dir={data_dir}"]
+    command = [sys.executable, "src/train.py", *args, "debug=smoke", *SMOKE_DATA, f"paths.data_dir={data_dir}"]
     full_env = {
         k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")
     }
@@ -128,7 +128,6 @@ def test_multirun_devices_1_then_2(tmp_path: Path, data_dir: Path) -> None:
 
 def test_crash_in_one_jobs_rank_1_fails_that_job_only(tmp_path: Path, data_dir: Path) -> None:
     sweep = tmp_path / "sweep"
-    crash = {FAULT_RANK_ENV: "1", FAULT_JOB_ENV: "0"}
     result = run_train(
         "-m",
         "trainer.devices=2",
@@ -136,8 +135,10 @@ def test_crash_in_one_jobs_rank_1_fails_that_job_only(tmp_path: Path, data_dir: 
         "trainer.max_epochs=1",
         f"paths.log_dir={tmp_path}/logs",
         f"hydra.sweep.dir={sweep}",
+        "+callbacks.crash._target_=tests.helpers.faults.CrashOnRank",
+        "+callbacks.crash.rank=1",
+        "+callbacks.crash.job=0",
         data_dir=data_dir,
-        env=crash,
     )
     assert result.returncode != 0  # Hydra reports the failed job at the end of the sweep
     assert "seglab fault injection" in result.stdout  # rank 1's own error is printed

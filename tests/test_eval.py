@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -15,6 +14,7 @@ from src.eval import evaluate
 from src.train import train
 from src.utils.errors import UserError
 from src.visualization import confusion_matrix_image
+from tests.conftest import SMOKE_DATA, compose_config
 
 CLASSES = ["background", "disc", "square", "triangle", "ring", "cross"]
 
@@ -25,7 +25,7 @@ def checkpoint(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     root = tmp_path_factory.mktemp("eval_smoke")
     cfg = compose_config(
         "train",
-        ["debug=smoke", f"paths.data_dir={data_dir}", f"paths.log_dir={root}/logs"],
+        ["debug=smoke", *SMOKE_DATA, f"paths.data_dir={data_dir}", f"paths.log_dir={root}/logs"],
         root / "run",
     )
     train(cfg)
@@ -40,7 +40,7 @@ def eval_cfg(data_dir: Path, tmp_path: Path, checkpoint: Path):
         return compose_config(
             "eval",
             [
-                "debug=smoke",
+                "debug=smoke", *SMOKE_DATA,
                 f"paths.data_dir={data_dir}",
                 f"paths.log_dir={tmp_path}/logs",
                 f"ckpt_path={checkpoint}",
@@ -145,4 +145,4 @@ def test_user_errors_name_the_key(eval_cfg, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"eval\.mode='tiles'"):
         evaluate(eval_cfg("eval.mode=tiles"))
     with pytest.raises(UserError, match=r"split file .*nosuch\.txt"):
-        evaluate(eval_cfg("data.split=nosuch"))
+        evaluate(eval_cfg("data.val_split=nosuch"))

@@ -6,13 +6,13 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import hydra
 import pytest
 import torch
-from conftest import ROOT, TINY_FCN8S_CFG, compose_config
 from omegaconf import OmegaConf
 
 from src.utils.errors import UserError
-from src.utils.instantiate import build_model
+from tests.conftest import ROOT, SMOKE_DATA, TINY_FCN8S_CFG, compose_config
 
 _spec = importlib.util.spec_from_file_location(
     "seglab_export_script", ROOT / "scripts" / "export.py"
@@ -28,14 +28,14 @@ MODEL_CFG = TINY_FCN8S_CFG
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     """A tiny fcn8s checkpoint (random weights, trained-looking BN statistics) whose config names the smoke data."""
     torch.manual_seed(0)
-    model, _ = build_model(OmegaConf.create(MODEL_CFG))
+    model = hydra.utils.instantiate(MODEL_CFG)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial eval-mode statistics
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
     root = tmp_path_factory.mktemp("export")
     data_cfg = compose_config(
-        "train", ["debug=smoke", f"paths.data_dir={data_dir}"], root / "cfg"
+        "train", ["debug=smoke", *SMOKE_DATA, f"paths.data_dir={data_dir}"], root / "cfg"
     ).data
     data = OmegaConf.to_container(data_cfg, resolve=True)
     path = root / "fcn8s.ckpt"
@@ -56,7 +56,7 @@ def image(checkpoint: Path, data_dir: Path) -> Path:
     import hydra
 
     cfg = compose_config(
-        "train", ["debug=smoke", f"paths.data_dir={data_dir}"], checkpoint.parent / "cfg"
+        "train", ["debug=smoke", *SMOKE_DATA, f"paths.data_dir={data_dir}"], checkpoint.parent / "cfg"
     )
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()

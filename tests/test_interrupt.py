@@ -1,5 +1,4 @@
 """Interruptions from the command line: SIGTERM / Ctrl-C write last.ckpt and exit; NaN stops with the step."""
-
 from __future__ import annotations
 
 import json
@@ -13,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import SMOKE_DATA
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 3  # debug=smoke: trainer.limit_train_batches=3
 
@@ -20,7 +21,7 @@ STEPS_PER_EPOCH = 3  # debug=smoke: trainer.limit_train_batches=3
 def train_cmd(out: Path, data_dir: Path, *overrides: str) -> list[str]:
     """`python src/train.py debug=smoke ...` writing its run dir at `out`."""
     return [
-        sys.executable, "src/train.py", "debug=smoke", f"paths.data_dir={data_dir}",
+        sys.executable, "src/train.py", "debug=smoke", *SMOKE_DATA, f"paths.data_dir={data_dir}",
         f"paths.log_dir={out.parent}/logs", f"hydra.run.dir={out}", *overrides,
     ]  # fmt: skip
 
@@ -97,7 +98,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
 ) -> None:
     run = tmp_path / "run"
     nan_at_step_4 = (
-        "+callbacks.fault._target_=src.reliability.FaultInjection",
+        "+callbacks.fault._target_=tests.helpers.faults.FaultInjection",
         "+callbacks.fault.kind=nan_loss",
         "+callbacks.fault.at_step=4",
     )

@@ -1,5 +1,4 @@
 """The mission's loss sweep: `-m loss=focal_dice loss.focal.gamma=0,2 loss.class_weights=null,auto`."""
-
 from __future__ import annotations
 
 import json
@@ -9,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.conftest import SMOKE_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +22,7 @@ def test_focal_dice_sweep_makes_four_jobs(tmp_path: Path) -> None:
         sys.executable,
         "src/train.py",
         "-m",
-        "debug=smoke",
+        "debug=smoke", *SMOKE_DATA,
         "loss=focal_dice",
         "loss.focal.gamma=0,2",
         "loss.class_weights=null,auto",

@@ -123,13 +123,10 @@ def test_torch_distributed_sampler_would_count_a_sample_twice(two_process_run) -
 
 def lightning_confmat(devices: int, data_dir: str, out_path: str) -> None:
     """Validate an untrained (seeded) model on a 5-image validation set and save the epoch's summed matrix."""
-    import hydra
     import lightning as L
-    from conftest import compose_config
 
-    from src.segmentation_module import SegmentationModule
-    from src.train import build_loss
-    from src.utils.instantiate import build_model
+    from src.utils.build import build_run
+    from tests.conftest import SMOKE_DATA, compose_config
 
     class SaveConfmat(L.Callback):
         """Rank 0 saves the epoch's confusion matrix (summed over processes by the metric's compute)."""
@@ -141,7 +138,7 @@ def lightning_confmat(devices: int, data_dir: str, out_path: str) -> None:
     # One image per process and batch in both runs: a validation batch is padded to its largest
     # image, so batch-mates would change what the model sees (and predicts) near the borders.
     overrides = [
-        "debug=smoke",
+        "debug=smoke", *SMOKE_DATA,
         f"paths.data_dir={data_dir}",
         f"data.root={data_dir}/synthetic_val5",
         "data.spec.num_val=5",
@@ -149,16 +146,8 @@ def lightning_confmat(devices: int, data_dir: str, out_path: str) -> None:
     ]
     cfg = compose_config("train", overrides, Path(out_path).parent / "run")
     L.seed_everything(0)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.prepare_data()
-    model, _ = build_model(cfg.model)
-    module = SegmentationModule(
-        model=model,
-        loss=build_loss(cfg, datamodule),
-        optimizer=hydra.utils.instantiate(cfg.optim),
-        num_classes=datamodule.num_classes,
-        class_names=datamodule.class_names,
-    )
+    run = build_run(cfg, trainer=False)
+    module, datamodule = run.module, run.datamodule
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import urllib.error
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -20,23 +23,30 @@ from src.data.synthetic import SyntheticSpec, render_sample
 from src.models.complexity import count_parameters, gflops
 from src.models.upsample import bilinear_kernel, bilinear_upsampling
 from src.utils.errors import UserError
-from src.utils.instantiate import build_model
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 VGG_PRESETS = ["fcn32s", "fcn16s", "fcn8s", "fcn8s_compact", "fcns"]
 TV_PRESETS = ["tv_fcn_resnet50", "tv_deeplabv3_resnet50"]
 TINY = 1 / 16  # every VGG width becomes max(8, c/16): 8..32 channels, fc6/fc7 256
 SIZES = [(32, 32), (33, 47), (64, 96)]
 
 
+@functools.cache
+def composed_model(preset: str) -> dict:
+    """`model=<preset>` as `python src/train.py` composes it (defaults list included), unresolved."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        # ~sizing: the default run's CPU size (conf/sizing/) would apply to fcn8s
+        cfg = compose(config_name="train", overrides=[f"model={preset}", "~sizing"])
+    GlobalHydra.instance().clear()
+    return OmegaConf.to_container(cfg.model)
+
+
 def build(preset: str, num_classes: int = 3, **overrides: object) -> nn.Module:
-    """Instantiate conf/model/<preset>.yaml as a run would, with `model.<key>=value` overrides."""
-    cfg = OmegaConf.create({"data": {"num_classes": num_classes}})
-    cfg.model = OmegaConf.load(CONF / f"{preset}.yaml")
+    """`instantiate(cfg.model)` for `model=<preset>`, with `model.<key>=value` overrides."""
+    cfg = OmegaConf.create({"data": {"num_classes": num_classes}, "model": composed_model(preset)})
     for key, value in overrides.items():
         OmegaConf.update(cfg, f"model.{key}", value)
-    for key in ("channels_last", "compile"):  # runtime switches the lead's builder removes
-        cfg.model.pop(key)
     return instantiate(cfg.model)
 
 
@@ -151,7 +161,7 @@ def test_gradients_reach_every_trainable_parameter(preset: str) -> None:
     target = torch.randint(0, 3, (2, 64, 64))
     loss = F.cross_entropy(logits_of(output), target)
     if isinstance(output, dict):
-        loss = loss + model.aux_weight * F.cross_entropy(output["aux"], target)
+        loss = loss + 0.5 * F.cross_entropy(output["aux"], target)
     loss.backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert trainable
@@ -179,8 +189,7 @@ def test_learnable_upsampling_governs_the_2x_layers(preset, two_x, final) -> Non
 
 @pytest.mark.parametrize("preset", TV_PRESETS)
 def test_torchvision_aux_contract(preset: str) -> None:
-    model = tiny(preset, aux_weight=0.25).train()
-    assert model.aux_weight == 0.25
+    model = tiny(preset).train()
     out = model(torch.randn(2, 3, 40, 56))
     assert set(out) == {"out", "aux"}
     assert out["out"].shape == out["aux"].shape == (2, 3, 40, 56)
@@ -190,14 +199,15 @@ def test_torchvision_aux_contract(preset: str) -> None:
     assert no_aux(torch.randn(2, 3, 40, 56)).shape == (2, 3, 40, 56)
 
 
-def test_builder_accepts_plain_dicts_and_rejects_bad_values() -> None:
-    cfg = OmegaConf.create(
-        {"data": {"num_classes": 4}, "model": OmegaConf.load(CONF / "fcn8s.yaml")}
-    )
-    cfg.model.backbone.width = TINY
-    model, runtime = build_model(cfg.model)  # the run's builder: plain dict config
-    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4, 32, 32)
-    assert set(runtime) == {"channels_last", "compile"}
+@pytest.mark.parametrize("preset", VGG_PRESETS + TV_PRESETS)
+def test_instantiate_model_config_is_the_bare_module(preset: str) -> None:
+    """DESIGN's contract: `instantiate(cfg.model)` is the nn.Module, for every preset as composed."""
+    cfg = OmegaConf.create({"data": {"num_classes": 4}, "model": composed_model(preset)})
+    assert not {"channels_last", "compile", "aux_weight"} & set(cfg.model)  # module switches
+    assert isinstance(instantiate(cfg.model), nn.Module)
+
+
+def test_builder_rejects_bad_values() -> None:
     with pytest.raises(InstantiationException, match=r"model.backbone.name='vgg19' is not one of"):
         tiny("fcn8s", **{"backbone.name": "vgg19"})
     with pytest.raises(InstantiationException, match=r"unknown keys \['depth'\]"):

@@ -18,7 +18,7 @@ from lightning.fabric.plugins.environments import (
 )
 from lightning.pytorch.strategies import DDPStrategy
 
-from src.train import build_trainer
+from src.utils.build import build_trainer
 
 CLUSTER_VARS = (
     "MASTER_ADDR",
@@ -136,7 +136,7 @@ def test_ddp_presets_compose(smoke_cfg, node_env) -> None:
     node_env({})
     cfg = smoke_cfg("trainer=ddp", "trainer.num_nodes=2", "trainer.accelerator=gpu")
     assert (cfg.trainer.accelerator, cfg.trainer.strategy, cfg.trainer.devices) == ("gpu", "ddp", 2)
-    assert cfg.trainer.num_nodes == 2 and cfg.trainer.sync_batchnorm is True
+    assert cfg.trainer.num_nodes == 2 and cfg.callbacks.sync_batchnorm is not None
     assert cfg.trainer.use_distributed_sampler is False  # the datamodule's samplers stay
     for preset, accelerator in [("gpu", "gpu"), ("cpu", "cpu")]:
         assert (

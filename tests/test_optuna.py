@@ -1,4 +1,5 @@
 """`hparams_search=focal_optuna`: a persistent Optuna study that an interrupted search resumes.
+from tests.conftest import SMOKE_DATA
 
 Needs the optional extra (`pip install -e ".[optuna]"`); skipped without it.
 """
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import SMOKE_DATA
+
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 
@@ -26,7 +29,7 @@ SEARCHED = ("loss.focal.gamma", "loss.focal.alpha", "loss.class_weights", "optim
 def search_cmd(data_dir: Path, log_dir: Path, trials: int) -> list[str]:
     """A tiny focal_optuna search (one short epoch per trial) logging under `log_dir`."""
     return [
-        sys.executable, "src/train.py", "hparams_search=focal_optuna", "debug=smoke",
+        sys.executable, "src/train.py", "hparams_search=focal_optuna", "debug=smoke", *SMOKE_DATA,
         f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}", f"hydra.sweeper.n_trials={trials}",
         "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
     ]  # fmt: skip

@@ -7,7 +7,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import compose_config
 from PIL import Image
 
 from src.data.palette import voc_palette
@@ -15,6 +14,7 @@ from src.eval import evaluate
 from src.predict import list_inputs, predict
 from src.train import train
 from src.utils.errors import UserError
+from tests.conftest import SMOKE_DATA, compose_config
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def checkpoint(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     """last.ckpt of one smoke run; class-weighted so that its masks hold more than background."""
     root = tmp_path_factory.mktemp("predict_smoke")
     overrides = [
-        "debug=smoke",
+        "debug=smoke", *SMOKE_DATA,
         f"paths.data_dir={data_dir}",
         f"paths.log_dir={root}/logs",
         "loss.class_weights=median_frequency",
@@ -89,7 +89,7 @@ def test_predict_masks_score_exactly_like_eval(
     cfg = compose_config(
         "eval",
         [
-            "debug=smoke",
+            "debug=smoke", *SMOKE_DATA,
             f"paths.data_dir={data_dir}",
             f"paths.log_dir={tmp_path}/logs",
             f"ckpt_path={checkpoint}",

@@ -11,13 +11,13 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from src.reliability import collect_rng_states, restore_rng_states
 from src.train import train
+from src.utils.rng import collect_rng_states, restore_rng_states
 
 DETERMINISTIC = ("seed=7", "trainer.deterministic=true", "trainer.max_epochs=2")
 # debug=smoke trains 3 batches per epoch: the fault lands on the last step of epoch 1 (of 2)
 SIGTERM_AFTER_EPOCH_1 = (
-    "+callbacks.fault._target_=src.reliability.FaultInjection",
+    "+callbacks.fault._target_=tests.helpers.faults.FaultInjection",
     "+callbacks.fault.kind=sigterm",
     "+callbacks.fault.at_step=3",
 )

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import hydra
 import pytest
-from conftest import compose_config
+
+from tests.conftest import SMOKE_DATA, compose_config
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
-from test_ddp_sweep import assert_complete_job, run_train  # noqa: E402
+from tests.test_ddp_sweep import assert_complete_job, run_train  # noqa: E402
 
 
 def launcher_params(*overrides: str, tmp_path: Path) -> dict:
     """Compose train.yaml with the overrides and build the launcher (nothing is submitted)."""
-    cfg = compose_config("train", ["debug=smoke", *overrides], tmp_path / "run")
+    cfg = compose_config("train", ["debug=smoke", *SMOKE_DATA, *overrides], tmp_path / "run")
     launcher = hydra.utils.instantiate(cfg.hydra.launcher)
     assert type(launcher).__name__ == "SlurmLauncher"
     return launcher.params

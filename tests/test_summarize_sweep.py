@@ -1,5 +1,4 @@
 """scripts/summarize_sweep.py ranks a multirun's jobs; a real sweep with a failing job is summarised whole."""
-
 from __future__ import annotations
 
 import csv
@@ -13,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 from rich.console import Console
+
+from tests.conftest import SMOKE_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -104,7 +105,7 @@ def test_sweep_over_class_weights_reports_the_failing_job_and_keeps_the_others(
     sweep = tmp_path / "multirun"
     result = subprocess.run(
         [
-            sys.executable, "src/train.py", "-m", "debug=smoke", f"paths.data_dir={data_dir}",
+            sys.executable, "src/train.py", "-m", "debug=smoke", *SMOKE_DATA, f"paths.data_dir={data_dir}",
             f"paths.log_dir={tmp_path}/logs", f"hydra.sweep.dir={sweep}", "trainer.max_epochs=1",
             # the last list has 2 weights for 6 classes: that job fails, the sweep goes on
             "loss.class_weights=null,[1,1,1,1,1,2],[1,2]",

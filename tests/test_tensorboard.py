@@ -17,15 +17,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
 from PIL import Image
 
+from src.callbacks.image_logger import CONFUSION_TAG, GRID_TAG
+from src.data.palette import colour_table
 from src.data.transforms import normalize, pad_collate
-from src.image_logger import CONFUSION_TAG, GRID_TAG
 from src.metrics import confusion_matrix
 from src.train import train
 from src.utils.checkpoint import model_from_checkpoint
-from src.visualization import confusion_matrix_image, full_palette, sample_grid
+from src.visualization import confusion_matrix_image, sample_grid
+from tests.conftest import SMOKE_DATA, compose_config
 
 pytestmark = pytest.mark.slow  # a training run plus a server start-up
 
@@ -40,7 +41,7 @@ def run_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     train(
         compose_config(
             "train",
-            ["debug=smoke", f"paths.data_dir={data_dir}", f"paths.log_dir={root}/logs"],
+            ["debug=smoke", *SMOKE_DATA, f"paths.data_dir={data_dir}", f"paths.log_dir={root}/logs"],
             root / "run",
         )
     )
@@ -168,7 +169,7 @@ def test_sample_grid_shows_image_ground_truth_and_prediction(
     predictions = [predict_padded(model, [image])[0] for _, image, _ in samples]
     expected = sample_grid(
         [(image, mask, pred) for (_, image, mask), pred in zip(samples, predictions, strict=True)],
-        full_palette(),
+        colour_table(),
     )
     assert grid.shape == expected.shape
     # image and ground-truth columns: exact (PNG is lossless)

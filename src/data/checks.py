@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from src.data.dataset import out_of_range
+from src.data.io import read_image
 from src.data.masks import MaskDecoder, SampleError
 from src.utils.errors import UserError
 
@@ -31,16 +31,6 @@ class SplitReport:
     faults: list[str] = field(default_factory=list)
 
 
-def decode_image_strict(path: Path) -> np.ndarray:
-    """Decode an image fully with PIL, which (unlike OpenCV) refuses truncated files."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return np.asarray(img.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as err:
-        raise SampleError(f"cannot decode image {path}: {err}") from None
-
-
 def inspect_pair(
     image_path: Path, mask_path: Path, decoder: MaskDecoder
 ) -> tuple[list[str], np.ndarray, int]:
@@ -49,7 +39,7 @@ def inspect_pair(
     counts = np.zeros(decoder.num_classes, dtype=np.int64)
     image = mask = None
     try:
-        image = decode_image_strict(image_path)
+        image = read_image(image_path)
     except SampleError as err:
         faults.append(str(err))
     try:

@@ -23,7 +23,7 @@ from src.data.dataset import Pairs, SegmentationDataset, SplitListing, Transform
 from src.data.masks import MaskDecoder
 from src.data.samplers import UnpaddedDistributedSampler
 from src.data.sbd import AUG_SPLIT, train_aug_listing
-from src.data.transforms import normalize, pad_collate
+from src.data.transforms import check_normalization, normalize, pad_collate
 from src.data.voc import find_voc_dir, summarise, voc_listing
 from src.utils.errors import UserError
 
@@ -60,6 +60,7 @@ class SegDataModule(L.LightningDataModule):
         binary_255: bool = False,
         skip_bad: bool = False,
         pad_multiple: int = 32,
+        normalize: str = "imagenet",
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
@@ -76,6 +77,7 @@ class SegDataModule(L.LightningDataModule):
         self.train_split, self.val_split = str(train_split), str(val_split)
         self.skip_bad = bool(skip_bad)
         self.pad_multiple = int(pad_multiple)
+        self.normalize = check_normalization(normalize)
         self._check_config()
         self.decoder = MaskDecoder(
             self.num_classes, self.ignore_index, palette, ignore_color, binary_255
@@ -97,6 +99,8 @@ class SegDataModule(L.LightningDataModule):
             )
         if self.batch_size < 1:
             raise UserError(f"data.batch_size={self.batch_size}: expected a positive integer")
+        if self.pad_multiple < 1:
+            raise UserError(f"data.pad_multiple={self.pad_multiple}: expected a positive integer")
 
     def list_split(self, split: str) -> SplitListing:
         """List the pairs of a split, noting listed files that are missing (raises if the list itself is)."""
@@ -219,7 +223,7 @@ class SegDataModule(L.LightningDataModule):
                 skipped,
                 self.skipped_samples,
             )
-        batch["image"] = normalize(batch["image"])
+        batch["image"] = normalize(batch["image"], self.normalize)
         batch["mask"] = batch["mask"].long()
         return batch
 

@@ -7,11 +7,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from src.data.io import read_image
 from src.data.masks import MaskDecoder, SampleError
 from src.data.transforms import label_counts
 from src.utils.errors import UserError
@@ -30,17 +30,6 @@ class SplitListing:
     split: str
     pairs: Pairs
     missing: list[str] = field(default_factory=list)
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Decode an image file to RGB uint8 (H,W,3); raises SampleError naming an undecodable file."""
-    data = np.fromfile(path, dtype=np.uint8) if Path(path).is_file() else None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
-    if bgr is None:
-        raise SampleError(
-            f"cannot decode image {path}" + ("" if data is not None else ": no such file")
-        )
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def out_of_range(mask: np.ndarray, num_classes: int, ignore_index: int) -> dict[int, int]:

@@ -16,11 +16,11 @@ import numpy as np
 
 from src.data.datamodule import SegDataModule
 from src.data.dataset import SplitListing
+from src.data.io import IMAGE_SUFFIXES
 from src.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 LAYOUT = "<root>/{images}/<stem>.jpg|png|..., <root>/{masks}/<stem>.png"
 

@@ -1,12 +1,19 @@
-"""Pascal VOC's colour palette: class index <-> colour, and palette ("P" mode) PNG masks."""
+"""Colours of class masks: VOC's palette, a user's palette as a lookup table, colourised masks, palette PNGs.
+
+The one colouriser: training's TensorBoard grid, predict.py's overlays and the dataset files all use it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+# Ignored pixels (and colours a user palette leaves undefined) in pictures.
+IGNORE_RGB = (255, 255, 255)
 
 
 def voc_palette(num: int = 256) -> np.ndarray:
@@ -56,8 +63,36 @@ def _checked_mask(mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.uint8, copy=False)
 
 
+def colour_table(
+    palette: np.ndarray | Sequence[Sequence[int]] | None = None, ignore_index: int = 255
+) -> np.ndarray:
+    """A 256-colour lookup table: the given colours (VOC's by default), ignore_index and the rest in IGNORE_RGB."""
+    table = np.tile(np.array(IGNORE_RGB, dtype=np.uint8), (256, 1))
+    if palette is None:
+        table[:] = voc_palette(256)  # VOC's own colour for 255, the object borders
+        return table
+    colours = np.asarray(palette, dtype=np.int64)
+    if (
+        colours.ndim != 2
+        or colours.shape[1] != 3
+        or not 1 <= len(colours) <= 256
+        or colours.min() < 0
+        or colours.max() > 255
+    ):
+        raise ValueError(
+            f"palette has shape {colours.shape}; expected (N, 3) RGB values in [0, 255], N <= 256"
+        )
+    table[: len(colours)] = colours
+    if len(colours) <= ignore_index < 256:
+        table[ignore_index] = IGNORE_RGB
+    return table
+
+
 def colorize(mask: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
-    """Map a (H,W) class-index mask to (H,W,3) uint8 colours (VOC's palette by default)."""
+    """Map a (H,W) class-index mask to (H,W,3) uint8 colours through `palette` (N,3) (VOC's by default).
+
+    `palette` may be a `colour_table` (256 entries: every value has a colour) or one colour per class.
+    """
     mask = _checked_mask(mask)
     return _checked_palette(mask, palette)[mask]
 

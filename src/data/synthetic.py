@@ -25,6 +25,7 @@ from PIL import Image
 
 from src.data.palette import save_palette_png
 from src.utils.errors import UserError
+from src.utils.files import write_json_atomic
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("background", "disc", "square", "triangle", "ring", "cross")
 GENERATOR_VERSION = 2  # bump whenever the drawing changes, so stamped datasets are regenerated
@@ -237,13 +238,6 @@ def _stamp(spec: SyntheticSpec) -> dict[str, Any]:
     return {"version": GENERATOR_VERSION, "spec": asdict(spec)}
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to `path` via a temporary file, so readers see the old or the new content."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def _write_dataset(dest: Path, spec: SyntheticSpec) -> None:
     """Write every image, mask and split list of `spec` under `dest` (a VOC2012-like folder)."""
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
@@ -310,14 +304,14 @@ def generate_synthetic_voc(root: Path | str, spec: SyntheticSpec = DEFAULT_SPEC)
     try:
         _write_dataset(staging, spec)
         if not voc.exists():
-            _write_json_atomic(staging / STAMP_NAME, _stamp(spec))
+            write_json_atomic(staging / STAMP_NAME, _stamp(spec))
             os.rename(staging, voc)
             return voc
         # Keep the folder marked as ours but invalid while its files are swapped.
-        _write_json_atomic(voc / STAMP_NAME, {**_stamp(spec), "complete": False})
+        write_json_atomic(voc / STAMP_NAME, {**_stamp(spec), "complete": False})
         _remove_generated(voc)
         _move_files(staging, voc)
-        _write_json_atomic(voc / STAMP_NAME, _stamp(spec))
+        write_json_atomic(voc / STAMP_NAME, _stamp(spec))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return voc

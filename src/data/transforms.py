@@ -11,10 +11,15 @@ import cv2
 import numpy as np
 import torch
 
+from src.utils.errors import UserError
+
 # ImageNet statistics (torchvision's backbones were trained with them).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Padding images with the mean colour makes padded pixels ~0 after normalisation.
+# The mean of the Caffe VGG16 model (BGR, 0-255) as the FCN reference subtracts it.
+CAFFE_BGR_MEAN = (104.00699, 116.66877, 122.67892)
+NORMALIZATIONS = ("imagenet", "caffe_bgr")
+# Padding images with the mean colour makes padded pixels ~0 after either normalisation.
 MEAN_RGB_UINT8 = tuple(round(255 * m) for m in IMAGENET_MEAN)
 
 Pair = tuple[np.ndarray, np.ndarray]
@@ -78,6 +83,11 @@ def dominant_ratio(mask: np.ndarray, ignore_index: int) -> float:
     return float(counts.max() / counts.sum())
 
 
+def padded_size(height: int, width: int, multiple: int = 32) -> tuple[int, int]:
+    """(H, W) rounded up to a multiple (the validation batches' padding)."""
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
 def pad_collate(samples: list[dict], ignore_index: int = 255, multiple: int = 32) -> dict:
     """Stack samples, padding each (bottom/right) to the batch's largest size rounded up to `multiple`.
 
@@ -85,9 +95,9 @@ def pad_collate(samples: list[dict], ignore_index: int = 255, multiple: int = 32
     original resolution; `sizes` records each sample's original (H, W) to undo the padding (`unpad`).
     `skipped` sums the bad samples the dataset passed over (data.skip_bad).
     """
-    height = max(s["mask"].shape[0] for s in samples)
-    width = max(s["mask"].shape[1] for s in samples)
-    height, width = -(-height // multiple) * multiple, -(-width // multiple) * multiple
+    height, width = padded_size(
+        max(s["mask"].shape[0] for s in samples), max(s["mask"].shape[1] for s in samples), multiple
+    )
     images = torch.empty((len(samples), 3, height, width), dtype=torch.uint8)
     images[:] = torch.tensor(MEAN_RGB_UINT8, dtype=torch.uint8).view(1, 3, 1, 1)
     masks = torch.full((len(samples), height, width), ignore_index, dtype=torch.uint8)
@@ -114,8 +124,39 @@ def unpad(batch: torch.Tensor, sizes: torch.Tensor) -> list[torch.Tensor]:
     ]
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N,3,H,W) -> float32 normalised with ImageNet mean/std (done on the device, after transfer)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+def check_normalization(convention: str) -> str:
+    """Return `convention` if seglab knows it, else raise naming `data.normalize`."""
+    if convention not in NORMALIZATIONS:
+        raise UserError(f"data.normalize={convention!r}: expected one of {list(NORMALIZATIONS)}")
+    return convention
+
+
+def _statistics(convention: str, device: torch.device) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """Channel order (from RGB), mean and std per channel on the 0-255 scale, shaped (1, 3, 1, 1)."""
+    if check_normalization(convention) == "caffe_bgr":
+        order, mean, std = [2, 1, 0], CAFFE_BGR_MEAN, (1.0, 1.0, 1.0)
+    else:
+        order = [0, 1, 2]
+        mean, std = tuple(255 * m for m in IMAGENET_MEAN), tuple(255 * s for s in IMAGENET_STD)
+    shape = (1, 3, 1, 1)
+    return order, torch.tensor(mean, device=device).view(shape), torch.tensor(std, device=device).view(shape)
+
+
+def normalize(images: torch.Tensor, convention: str = "imagenet") -> torch.Tensor:
+    """uint8 RGB (N,3,H,W) -> float32 model input (done on the device, after transfer).
+
+    `imagenet`: RGB scaled to 0-1 with ImageNet's mean/std (torchvision's weights). `caffe_bgr`: BGR
+    on the 0-255 scale minus the Caffe VGG mean (weights converted from Caffe; the FCN reference's
+    1e-10 learning rates assume this scale).
+    """
+    order, mean, std = _statistics(convention, images.device)
+    if order != [0, 1, 2]:
+        images = images[:, order]
     return (images.float() - mean) / std
+
+
+def denormalize(image: torch.Tensor, convention: str = "imagenet") -> np.ndarray:
+    """A normalised (3, H, W) tensor back to RGB uint8 (H, W, 3), undoing `normalize`."""
+    order, mean, std = _statistics(convention, image.device)
+    pixels = (image.detach().float().unsqueeze(0) * std + mean)[:, order]  # the swap is its own inverse
+    return pixels[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()

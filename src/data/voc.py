@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
-import numpy as np
-
-from src.data.dataset import (
-    SegmentationDataset,
-    SplitListing,
-    check_mask_values,
-    read_image,
-)
-from src.data.masks import MaskDecoder
+from src.data.dataset import SplitListing
 from src.utils.errors import UserError
 
 VOC_LAYOUT = (
     "VOCdevkit/VOC{year}/{{JPEGImages, SegmentationClass, ImageSets/Segmentation/<split>.txt}}"
 )
-
-__all__ = [
-    "SegmentationDataset",
-    "check_mask_values",
-    "find_voc_dir",
-    "read_image",
-    "read_mask",
-    "read_split",
-    "voc_listing",
-    "voc_pairs",
-]
-
 
 def find_voc_dir(root: str | Path, year: str = "2012") -> Path:
     """Return the `VOC<year>` folder given it, the `VOCdevkit` folder holding it, or their parent."""
@@ -88,31 +67,7 @@ def voc_listing(voc_dir: Path, split: str, mask_dir: str = "SegmentationClass") 
     )
 
 
-def voc_pairs(
-    voc_dir: Path, split: str, mask_dir: str = "SegmentationClass"
-) -> list[tuple[Path, Path]]:
-    """Return (image, mask) paths for a split, checking that every file exists."""
-    listing = voc_listing(voc_dir, split, mask_dir)
-    if listing.missing:
-        raise UserError(
-            summarise(
-                listing.missing, f"split '{split}' of {voc_dir} lists files that do not exist"
-            )
-        )
-    return listing.pairs
-
-
 def summarise(lines: list[str], headline: str, shown: int = 5) -> str:
     """One message: the headline, the first `shown` lines, and how many more there are."""
     more = f"; and {len(lines) - shown} more" if len(lines) > shown else ""
     return f"{headline}: " + "; ".join(lines[:shown]) + more
-
-
-@functools.cache
-def _index_decoder() -> MaskDecoder:
-    return MaskDecoder(num_classes=255, ignore_index=255)
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """Decode a palette/grayscale PNG (or an RGB PNG in VOC's colours) to class indices (H,W) uint8."""
-    return _index_decoder()(path)

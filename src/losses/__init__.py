@@ -1,4 +1,5 @@
-"""Loss terms (CE, BCE, focal, Dice), their composite, and class weights from data."""
+"""Loss terms, one per file (plain autograd, the maths in a pure function beside each module), their
+composite, class weights from data, and the fused fast path for the terms that have one."""
 
 from src.losses.bce import BCELoss, bce_loss
 from src.losses.ce import CELoss, ce_loss

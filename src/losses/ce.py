@@ -1,48 +1,67 @@
-"""Cross-entropy: exactly `F.cross_entropy(logits, mask, weight=w, ignore_index=ii)`."""
+"""Cross-entropy: exactly `F.cross_entropy(logits, mask, weight=w, ignore_index=...)`.
 
-from dataclasses import dataclass
+`normalize=false` is Caffe's `normalize: false` (the FCN reference recipe): the sum of the per-pixel
+losses over the valid pixels instead of their weighted mean.
+"""
 
-import torch
-from torch import Tensor, nn
+from __future__ import annotations
 
-from src.losses.functional import Batch, Chunk, GradParts, Term, fused_terms, safe_div
+from collections.abc import Sequence
 
+import torch.nn.functional as F
+from torch import Tensor
 
-@dataclass(frozen=True)
-class CETerm(Term):
-    """Weighted mean `sum w_y * -log p_y / sum w_y` over valid pixels (0 when there are none)."""
-
-    name: str = "ce"
-
-    def chunk_stats(self, ch: Chunk) -> Tensor:
-        """Sum of `w_y * -log p_y` over the chunk's valid pixels."""
-        return -torch.dot(ch.weight_true.reshape(-1), ch.logp_true.reshape(-1)).reshape(1)
-
-    def value(self, stats: Tensor, batch: Batch) -> Tensor:
-        """Divide by `sum w_y`, as torch's weighted mean does."""
-        return safe_div(stats[0], batch.weight_sum_valid)
-
-    def chunk_grad(self, ch: Chunk, stats: Tensor, grad_out: Tensor, parts: GradParts) -> None:
-        """d/d log p_y = -w_y / sum w_y."""
-        scale = safe_div(grad_out, ch.batch.weight_sum_valid).to(ch.x.dtype)
-        parts.add_k(-scale * ch.weight_true)
+from src.losses.common import (
+    PixelLoss,
+    check_inputs,
+    class_counts,
+    compute_dtype,
+    resize_logits,
+    safe_div,
+)
+from src.losses.fused.terms import CETerm
 
 
 def ce_loss(
-    logits: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = 255
+    logits: Tensor,
+    target: Tensor,
+    class_weights: Tensor | None = None,
+    ignore_index: int = 255,
+    normalize: bool = True,
 ) -> Tensor:
-    """Cross-entropy of logits `(N,C,*)` against mask `(N,*)`; an all-ignored batch gives 0."""
-    return fused_terms(logits, target, [CETerm()], weight, ignore_index)[0]
+    """Cross-entropy of logits `(N,C,*)` against mask `(N,*)`: mean `sum w_y (-log p_y) / sum w_y`
+    (or the sum with `normalize=False`); an all-ignored batch gives 0."""
+    check_inputs(logits, target)
+    logits = resize_logits(logits, target.shape[1:])
+    counts = class_counts(target, logits.shape[1], ignore_index)
+    dtype = compute_dtype(logits)
+    weight = None if class_weights is None else class_weights.to(logits.device, dtype)
+    total = F.cross_entropy(
+        logits.to(dtype), target.long(), weight=weight, ignore_index=ignore_index, reduction="sum"
+    )
+    if not normalize:
+        return total
+    # torch's weighted mean divides by sum w_y; from integer counts it is exact, and 0 -> 0, not NaN
+    weight_sum = counts.sum() if weight is None else (counts * weight.double()).sum()
+    return safe_div(total, weight_sum.to(dtype))
 
 
-class CELoss(nn.Module):
+class CELoss(PixelLoss):
     """Module form of `ce_loss`."""
 
-    def __init__(self, ignore_index: int = 255, weight: Tensor | None = None) -> None:
-        super().__init__()
-        self.ignore_index = ignore_index
-        self.register_buffer("weight", weight, persistent=False)
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        class_weights: Sequence[float] | Tensor | None = None,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__(ignore_index, class_weights)
+        self.normalize = bool(normalize)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the scalar loss."""
-        return ce_loss(logits, target, self.weight, self.ignore_index)
+        return ce_loss(logits, target, self.class_weights, self.ignore_index, self.normalize)
+
+    def fused_term(self) -> CETerm:
+        """This term as the fused engine runs it."""
+        return CETerm(normalize=self.normalize)

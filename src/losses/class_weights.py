@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from src.losses.functional import LossConfigError
+from src.data.masks import MaskDecoder
+from src.losses.common import LossConfigError
+from src.utils.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,6 @@ class MaskStats:
 
     pixels: np.ndarray  # (C,) int64
     image_pixels: np.ndarray  # (C,) int64
-
-
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Class indices of a PNG mask (palette or grayscale)."""
-    with Image.open(path) as img:
-        return np.asarray(img)
 
 
 def mask_statistics(masks: Iterable[np.ndarray], num_classes: int, ignore_index: int) -> MaskStats:
@@ -122,10 +117,7 @@ def _save_cache(path: Path, key: dict, weights: list[float], stats: MaskStats) -
         "image_pixels": stats.image_pixels.tolist(),
     }
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, path)  # atomic: parallel sweep jobs never read half a file
+        write_json_atomic(path, payload)  # parallel sweep jobs never read half a file
     except OSError as err:
         log.warning("class weights: could not write the cache %s (%s)", path, err)
 
@@ -193,7 +185,7 @@ def resolve_class_weights(
     path = None if cache_dir is None else _cache_path(cache_dir, split, method)
     weights = None if path is None else _load_cache(path, key)
     if weights is None:
-        reader = decode_mask or read_mask
+        reader = decode_mask or MaskDecoder(num_classes, ignore_index)
         stats = mask_statistics((reader(Path(p)) for p in mask_paths), num_classes, ignore_index)
         weights = weights_from_statistics(stats, method)
         if path is not None:

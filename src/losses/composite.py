@@ -1,128 +1,114 @@
-"""The loss built from the `loss` config group: `sum_k weight_k * L_k` over CE, BCE, focal, Dice.
+"""The loss a run trains with: `sum_k weight_k * term_k(logits, mask)` over named terms.
 
-All terms run in one pass of the fused engine (`functional.fused_terms`), so `log_softmax` is
-computed once per chunk and shared. Term arguments arrive as Mappings (DictConfig or dict);
-`class_weights` must already be a list: methods such as `auto` are resolved from the training
-masks by `src.losses.class_weights.resolve_class_weights` before the loss is built.
+A term is any `nn.Module` called as `term(logits, mask)`. When every term has a fused form
+(`fused_term()`) and shares the composite's `ignore_index` and class weights, `fused="auto"` runs
+them all in one pass of the fused engine (src/losses/fused), which gives the same values and
+gradients with a fraction of the memory; `fused="false"` always runs the plain modules.
 """
+
+from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from src.losses.bce import bce_term
-from src.losses.ce import CETerm
-from src.losses.dice import DiceTerm
-from src.losses.focal import FocalTerm, as_alpha
-from src.losses.functional import LossConfigError, Term, fused_terms
+from src.losses.common import (
+    LossConfigError,
+    as_class_weights,
+    check_choice,
+    check_inputs,
+    resize_logits,
+)
+from src.losses.fused import FusedTerm, fused_terms
 
-# Keys each term accepts, with the defaults used when a key is left out.
-TERM_KEYS: dict[str, dict[str, object]] = {
-    "ce": {"weight": 1.0},
-    "bce": {"weight": 1.0},
-    "focal": {"weight": 1.0, "gamma": 2.0, "alpha": None, "mode": "softmax"},
-    "dice": {"weight": 1.0, "smooth": 1e-5, "beta": 1.0, "classes": "present"},
-}
+FUSED_CHOICES = ("auto", "true", "false")
 
 
-def _term_args(name: str, args: Mapping) -> dict[str, object]:
-    """Defaults updated with `args`, rejecting keys the term does not know."""
-    if not isinstance(args, Mapping):
-        raise LossConfigError(f"loss.{name} must be a mapping of term options, got {args!r}")
-    unknown = sorted(set(args) - set(TERM_KEYS[name]))
-    if unknown:
-        raise LossConfigError(
-            f"loss.{name} has unknown key(s) {unknown}; expected {sorted(TERM_KEYS[name])}"
-        )
-    return {**TERM_KEYS[name], **dict(args)}
-
-
-def build_term(name: str, args: Mapping, num_classes: int) -> tuple[float, Term]:
-    """`(weight, term)` for the config section `loss.<name>`."""
-    a = _term_args(name, args)
-    if name == "ce":
-        term: Term = CETerm()
-    elif name == "bce":
-        term = bce_term()
-    elif name == "focal":
-        alpha = as_alpha(a["alpha"])
-        if isinstance(alpha, tuple) and len(alpha) != num_classes:
-            raise LossConfigError(
-                f"loss.focal.alpha has {len(alpha)} values, expected num_classes={num_classes}"
-            )
-        term = FocalTerm(float(a["gamma"]), alpha, str(a["mode"]))
-    else:
-        term = DiceTerm(float(a["smooth"]), float(a["beta"]), str(a["classes"]))
-    return float(a["weight"]), term
-
-
-def class_weight_tensor(class_weights: object, num_classes: int) -> Tensor | None:
-    """Validate `loss.class_weights` (None or a list of num_classes floats) as a tensor."""
-    if class_weights is None:
-        return None
-    if isinstance(class_weights, str):
-        raise LossConfigError(
-            f"loss.class_weights={class_weights!r} is a method that must be resolved from the "
-            "training masks before the loss is built "
-            "(src.losses.class_weights.resolve_class_weights); the loss only takes a list"
-        )
-    if not isinstance(class_weights, Sequence) and not hasattr(class_weights, "__iter__"):
-        raise LossConfigError(
-            f"loss.class_weights must be null, a list or a method, got {class_weights!r}"
-        )
-    values = [float(v) for v in class_weights]
-    if len(values) != num_classes:
-        raise LossConfigError(
-            f"loss.class_weights has length {len(values)}, expected num_classes={num_classes}"
-        )
-    if any(v < 0 for v in values) or not any(v > 0 for v in values):
-        raise LossConfigError(
-            f"loss.class_weights must be >= 0 with at least one > 0, got {values}"
-        )
-    return torch.tensor(values, dtype=torch.float32)
+def _fused_choice(fused: bool | str) -> str:
+    """`loss.fused` as one of auto | true | false (YAML may give a bool)."""
+    value = str(fused).lower() if isinstance(fused, bool) else str(fused)
+    return check_choice("loss.fused", value, FUSED_CHOICES)
 
 
 class CompositeLoss(nn.Module):
-    """Weighted sum of the configured terms; `last_terms` keeps each unweighted, detached value."""
+    """Weighted sum of named terms; `last_terms` keeps each unweighted, detached value for logging."""
 
     def __init__(
         self,
-        ignore_index: int,
-        num_classes: int,
-        class_weights: Sequence[float] | str | None = None,
-        ce: Mapping | None = None,
-        bce: Mapping | None = None,
-        focal: Mapping | None = None,
-        dice: Mapping | None = None,
+        terms: Mapping[str, nn.Module],
+        weights: Mapping[str, float],
+        ignore_index: int = 255,
+        class_weights: Sequence[float] | Tensor | None = None,
+        fused: bool | str = "auto",
     ) -> None:
         super().__init__()
+        if not terms:
+            raise LossConfigError("the loss config enables no term: add at least one, e.g. loss.ce")
+        if set(weights) != set(terms):
+            raise ValueError(f"weights for {sorted(weights)} but terms {sorted(terms)}")
+        self.terms = nn.ModuleDict(terms)
+        self.term_names: list[str] = list(terms)
+        self.term_weights: list[float] = [float(weights[name]) for name in self.term_names]
         self.ignore_index = int(ignore_index)
-        self.num_classes = int(num_classes)
-        # not persistent: checkpoints stay loadable whatever class weights a later run resolves
-        weights = class_weight_tensor(class_weights, self.num_classes)
-        self.register_buffer("class_weights", weights, persistent=False)
-        sections = {"ce": ce, "bce": bce, "focal": focal, "dice": dice}
-        built = {
-            n: build_term(n, a, self.num_classes) for n, a in sections.items() if a is not None
-        }
-        if not built:
-            raise LossConfigError(
-                "the loss config enables no term: set at least one of ce, bce, focal, dice"
-            )
-        self.term_names: list[str] = list(built)
-        self.term_weights: list[float] = [w for w, _ in built.values()]
-        self.terms: list[Term] = [t for _, t in built.values()]
+        self.register_buffer("class_weights", as_class_weights(class_weights), persistent=False)
+        self.fused_forms = self._fused_forms(_fused_choice(fused))
         self.last_terms: dict[str, Tensor] = {}
 
+    def _fused_forms(self, choice: str) -> list[FusedTerm] | None:
+        """The terms' fused forms when the fused engine is chosen, else None."""
+        if choice == "false":
+            return None
+        missing = [name for name in self.term_names if not self._fusable(self.terms[name])]
+        if missing and choice == "true":
+            raise LossConfigError(
+                f"loss.fused=true but term(s) {missing} have no fused form with the composite's "
+                "ignore_index and class weights; use loss.fused=auto (the plain path) or false"
+            )
+        if missing:
+            return None
+        return [self.terms[name].fused_term() for name in self.term_names]
+
+    def _fusable(self, term: nn.Module) -> bool:
+        """A term joins the fused pass only if it has a fused form and the composite's shared arguments."""
+        if not callable(getattr(term, "fused_term", None)):
+            return False
+        if getattr(term, "ignore_index", self.ignore_index) != self.ignore_index:
+            return False
+        own, shared = getattr(term, "class_weights", None), self.class_weights
+        if own is None or shared is None:
+            return own is None and shared is None
+        return torch.equal(own, shared)
+
+    @property
+    def is_fused(self) -> bool:
+        """Whether forward runs the fused engine."""
+        return self.fused_forms is not None
+
     def forward(self, logits: Tensor, mask: Tensor) -> Tensor:
-        """Scalar loss of logits `(N,C,*)` against mask `(N,*)`; logits are resized if needed."""
-        values = fused_terms(logits, mask, self.terms, self.class_weights, self.ignore_index)
+        """Scalar loss of logits `(N,C,*)` against mask `(N,*)`; logits are resized to the mask first."""
+        check_inputs(logits, mask)
+        logits = resize_logits(logits, mask.shape[1:])
+        # every term sums in fp32 (terms upcast half logits); autocast would put reductions in bf16
+        with torch.autocast(logits.device.type, enabled=False):
+            if self.fused_forms is not None:
+                values = fused_terms(
+                    logits, mask, self.fused_forms, self.class_weights, self.ignore_index
+                )
+            else:
+                values = torch.stack([self._plain_value(name, logits, mask) for name in self.term_names])
         self.last_terms = {n: v.detach() for n, v in zip(self.term_names, values, strict=True)}
         weights = torch.tensor(self.term_weights, dtype=values.dtype, device=values.device)
         return (values * weights).sum()
 
+    def _plain_value(self, name: str, logits: Tensor, mask: Tensor) -> Tensor:
+        value = self.terms[name](logits, mask)
+        if not isinstance(value, Tensor) or value.dim() != 0:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"loss term {name!r} returned {shape}; a term must return a scalar tensor")
+        return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+
     def extra_repr(self) -> str:
-        """Show the terms and their weights when the model is printed."""
-        parts = [f"{w} * {t}" for w, t in zip(self.term_weights, self.terms, strict=True)]
-        return f"ignore_index={self.ignore_index}, " + " + ".join(parts)
+        """Show the weights and the path when the loss is printed."""
+        parts = [f"{w} * {n}" for w, n in zip(self.term_weights, self.term_names, strict=True)]
+        return f"{' + '.join(parts)}, ignore_index={self.ignore_index}, fused={self.is_fused}"

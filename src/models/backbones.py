@@ -127,6 +127,8 @@ def vgg_state_dict(spec: BackboneSpec) -> dict[str, torch.Tensor] | None:
     """torchvision's full VGG state dict named by `spec.weights`, keys checked; None for null."""
     if spec.weights is None:
         return None
+    if spec.weights != "imagenet":
+        existing_file(spec.weights, "model.backbone.weights")  # a missing file is named first
     if spec.width != 1.0:
         raise ModelConfigError(
             f"model.backbone.weights={spec.weights!r} holds full-width {spec.name} tensors but "
@@ -153,13 +155,19 @@ def resolve_weights(weights: str, imagenet: Callable[[], Any], key: str) -> dict
     return read_state_dict(weights, key)
 
 
-def read_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
-    """Load a tensor-only state dict (or a checkpoint holding one under "state_dict") from disk."""
+def existing_file(path: str | Path, key: str) -> Path:
+    """`path` as a Path if it is a file, else a ModelConfigError naming `key` and the path."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise ModelConfigError(
             f"{key}={path}: no such file; expected null, imagenet or a path to a .pth state dict"
         )
+    return file
+
+
+def read_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
+    """Load a tensor-only state dict (or a checkpoint holding one under "state_dict") from disk."""
+    file = existing_file(path, key)
     try:
         loaded = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:

@@ -36,7 +36,7 @@ class TorchvisionSegmentation(nn.Module):
     """A torchvision segmentation model (output stride 8) returning logits at the input size.
 
     With `aux_loss`, training mode returns `{"out": logits, "aux": aux_logits}` (as torchvision
-    does) and the training loss adds `aux_weight` times the aux term; eval mode returns the
+    does) and the training loss adds `module.aux_weight` times the aux term; eval mode returns the
     logits tensor and skips the aux head. DeepLabV3's image pooling branch has a BatchNorm over
     one value per channel, so it needs a batch of at least 2 in training mode.
     """
@@ -47,7 +47,6 @@ class TorchvisionSegmentation(nn.Module):
         num_classes: int,
         backbone: Mapping[str, Any] | None = None,
         aux_loss: bool = True,
-        aux_weight: float = 0.5,
         init_from: str | None = None,
     ) -> None:
         super().__init__()
@@ -62,7 +61,6 @@ class TorchvisionSegmentation(nn.Module):
         self.net = build(
             weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux_loss
         )
-        self.aux_weight = float(aux_weight)
         if spec.weights is not None:
             self.load_backbone(spec)
         if init_from is not None:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hydra
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from src.utils.errors import UserError
-from src.utils.instantiate import build_model
 
 # Lightning's own special values of `ckpt_path` (trainer.fit resolves them itself).
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
@@ -74,9 +74,13 @@ def checkpoint_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str,
     return config
 
 
+# Runtime switches that model configs held before they moved to conf/module/ (older checkpoints).
+LEGACY_MODEL_KEYS = ("channels_last", "compile", "aux_weight")
+
+
 def _offline_model_config(model_cfg: dict[str, Any]) -> dict[str, Any]:
     """The model config with pretrained-weight sources removed: the checkpoint's tensors replace them anyway."""
-    model_cfg = dict(model_cfg)
+    model_cfg = {k: v for k, v in model_cfg.items() if k not in LEGACY_MODEL_KEYS}
     if "init_from" in model_cfg:
         model_cfg["init_from"] = None
     if isinstance(model_cfg.get("backbone"), dict) and "weights" in model_cfg["backbone"]:
@@ -102,7 +106,7 @@ def model_from_checkpoint(
     """Rebuild the trained model (in eval mode) and return it with the checkpoint's hyper-parameters."""
     checkpoint = load_checkpoint(path, map_location)
     config = checkpoint_config(checkpoint, path)
-    model, _ = build_model(OmegaConf.create(_offline_model_config(config["model"])))
+    model = hydra.utils.instantiate(_offline_model_config(config["model"]))
     try:
         model.load_state_dict(model_state_dict(checkpoint))
     except RuntimeError as err:
@@ -112,3 +116,21 @@ def model_from_checkpoint(
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     hparams.setdefault("num_classes", config["model"].get("num_classes"))
     return model.eval(), hparams
+
+
+@dataclass(frozen=True)
+class InputConvention:
+    """How a checkpoint's model saw its inputs: the normalisation and the batch padding multiple."""
+
+    normalize: str = "imagenet"  # checkpoints written before data.normalize existed used ImageNet's
+    pad_multiple: int = 32
+
+
+def input_convention(hparams: dict[str, Any]) -> InputConvention:
+    """The `data.normalize` and `data.pad_multiple` a checkpoint was trained with."""
+    data = (hparams.get("config") or {}).get("data") or {}
+    default = InputConvention()
+    return InputConvention(
+        str(data.get("normalize", default.normalize)),
+        int(data.get("pad_multiple", default.pad_multiple)),
+    )

@@ -14,7 +14,9 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from src.visualization import confusion_matrix_image, denormalize, full_palette, sample_grid
+from src.data.palette import colour_table
+from src.data.transforms import denormalize, padded_size
+from src.visualization import confusion_matrix_image, sample_grid
 
 GRID_TAG = "val/samples"
 CONFUSION_TAG = "val/confusion_matrix"
@@ -28,9 +30,13 @@ class SegmentationImageLogger(L.Callback):
         num_samples: int = 4,
         palette: Sequence[Sequence[int]] | None = None,
         ignore_index: int = 255,
+        pad_multiple: int = 32,
+        normalize: str = "imagenet",
     ) -> None:
         self.num_samples = int(num_samples)
-        self.table = full_palette(palette, ignore_index)
+        self.table = colour_table(palette, ignore_index)
+        self.pad_multiple = int(pad_multiple)  # each sample is predicted at its size padded as validation pads it
+        self.normalize = normalize
         # (normalised image at its padded size, mask at original size): the first validation
         # batches, which an unshuffled loader gives in the same order every epoch.
         self.samples: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -56,7 +62,7 @@ class SegmentationImageLogger(L.Callback):
         ):
             if len(self.samples) >= self.num_samples:
                 break
-            padded_h, padded_w = -(-height // 32) * 32, -(-width // 32) * 32
+            padded_h, padded_w = padded_size(height, width, self.pad_multiple)
             self.samples.append(
                 (
                     image[:, :padded_h, :padded_w].detach().cpu(),
@@ -95,7 +101,7 @@ class SegmentationImageLogger(L.Callback):
             prediction = logits.argmax(1)[0, : mask.shape[0], : mask.shape[1]]
             rows.append(
                 (
-                    denormalize(image[:, : mask.shape[0], : mask.shape[1]]),
+                    denormalize(image[:, : mask.shape[0], : mask.shape[1]], self.normalize),
                     mask.numpy(),
                     prediction.cpu().numpy(),
                 )

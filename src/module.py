@@ -1,7 +1,13 @@
-"""The LightningModule: model + composite loss + confusion-matrix metrics + optimiser/poly LR."""
+"""The LightningModule: model + loss + confusion-matrix metrics + the configured optimiser and LR schedule.
+
+Built by `src.utils.build.build_module` from `conf/module/` (`instantiate(cfg.module, model=..., loss=...)`):
+the optimiser and the LR schedule arrive as Hydra partials, completed here with the parameters and
+the run's length, which only the running trainer knows.
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -15,6 +21,8 @@ from src.metrics import SegmentationMetrics
 from src.utils.errors import UserError
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+SUMMARY_METRICS = ("mIoU", "mAcc", "aAcc", "FWIoU", "mDice")
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -32,6 +40,75 @@ def newest_checkpoint(trainer: L.Trainer) -> str | None:
     return max(existing, key=os.path.getmtime) if existing else None
 
 
+def parameter_groups(
+    model: nn.Module, bias_lr_factor: float, bias_weight_decay: float | None
+) -> list[dict[str, Any]]:
+    """Trainable parameters, biases in a group of their own when they train differently.
+
+    Caffe's `lr_mult: 2, decay_mult: 0` on biases (the FCN reference recipe) is
+    `bias_lr_factor=2, bias_weight_decay=0`; the group's `lr_factor` is applied once the
+    optimiser has filled in its defaults.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if bias_lr_factor == 1.0 and bias_weight_decay is None:
+        return [{"params": [p for _, p in named]}]
+    biases = [p for n, p in named if n.endswith("bias")]
+    others = [p for n, p in named if not n.endswith("bias")]
+    bias_group: dict[str, Any] = {"params": biases, "lr_factor": float(bias_lr_factor)}
+    if bias_weight_decay is not None:
+        bias_group["weight_decay"] = float(bias_weight_decay)
+    return [{"params": others}, bias_group]
+
+
+def build_optimizer(factory: OptimizerFactory, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The configured optimiser over `groups`, each group's `lr_factor` multiplied into its lr."""
+    optimizer = factory(params=groups)
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * group.pop("lr_factor", 1.0)
+    return optimizer
+
+
+def build_schedule(
+    factory: SchedulerFactory | None, optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Bind a scheduler partial to the optimiser and the run's length (None: a fixed LR).
+
+    A schedule that takes `total_iters` and leaves it out gets the steps it spans: the whole run,
+    or, inside `SequentialLR`, the steps after its milestone (poly after a linear warm-up).
+    """
+    if factory is None:
+        return None
+    return _bind(factory, optimizer, 0, total_steps)
+
+
+def _bind(factory: Any, optimizer: torch.optim.Optimizer, start: int, end: int) -> Any:
+    keywords = dict(getattr(factory, "keywords", {}))
+    function = getattr(factory, "func", factory)
+    if "schedulers" in keywords:  # SequentialLR / ChainedScheduler: bind the children too
+        keywords["schedulers"] = _bind_children(
+            keywords["schedulers"], keywords.get("milestones"), optimizer, start, end
+        )
+    elif "total_iters" not in keywords and "total_iters" in inspect.signature(function).parameters:
+        keywords["total_iters"] = max(1, end - start)
+    return function(optimizer, **keywords)
+
+
+def _bind_children(
+    children: Sequence[Any], milestones: Sequence[int] | None, optimizer: Any, start: int, end: int
+) -> list[Any]:
+    """SequentialLR runs child i between milestones i-1 and i; ChainedScheduler runs all throughout."""
+    if not milestones:
+        return [_bind(child, optimizer, start, end) for child in children]
+    bounds = [start, *(start + int(m) for m in milestones), end]
+    return [_bind(child, optimizer, bounds[i], bounds[i + 1]) for i, child in enumerate(children)]
+
+
+def iter_schedulers(scheduler: Any) -> list[Any]:
+    """`scheduler` and, for SequentialLR/ChainedScheduler, the schedulers inside it."""
+    children = getattr(scheduler, "_schedulers", [])
+    return [scheduler, *(s for child in children for s in iter_schedulers(child))]
+
+
 class SegmentationModule(L.LightningModule):
     """Trains any seglab model with any seglab loss and reports the literature's metrics."""
 
@@ -41,26 +118,30 @@ class SegmentationModule(L.LightningModule):
         loss: nn.Module,
         optimizer: OptimizerFactory,
         num_classes: int,
+        aux_weight: float,
+        scheduler: SchedulerFactory | None = None,
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
-        scheduler: Mapping[str, Any] | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        bias_lr_factor: float = 1.0,
+        bias_weight_decay: float | None = None,
         config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # Primitives only (config is the resolved run config as plain containers), so checkpoints
         # load with torch.load(weights_only=True); modules and callables are rebuilt from `config`.
-        self.save_hyperparameters(ignore=["model", "loss", "optimizer"])
+        self.save_hyperparameters(ignore=["model", "loss", "optimizer", "scheduler"])
         self.model = model
         self.loss = loss
         self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.aux_weight = float(aux_weight)
         self.class_names = (
             list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
         )
-        self.scheduler_cfg = dict(scheduler or {"name": "poly", "power": 0.9})
-        self.channels_last = channels_last
-        if channels_last:
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if compile:
             # nn.Module.compile compiles the call in place: parameter names (and so checkpoints)
@@ -89,7 +170,7 @@ class SegmentationModule(L.LightningModule):
         if aux is not None:
             aux_loss = self.loss(aux, mask)
             parts["aux"] = aux_loss.detach()
-            total = total + getattr(self.model, "aux_weight", 0.4) * aux_loss
+            total = total + self.aux_weight * aux_loss
         return total, parts
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -109,11 +190,7 @@ class SegmentationModule(L.LightningModule):
         if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
             return
         last = newest_checkpoint(self.trainer)
-        kept = (
-            f"the last good checkpoint {last} is kept"
-            if last
-            else "no checkpoint had been written yet"
-        )
+        kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint had been written yet"
         raise NonFiniteLossError(
             f"non-finite training loss ({loss.detach().float().item()}) at global step {self.global_step} "
             f"(epoch {self.current_epoch}, batch {batch_idx}): stopped before this step's optimiser "
@@ -135,7 +212,7 @@ class SegmentationModule(L.LightningModule):
         """Log mIoU, mAcc, aAcc, FWIoU, mDice, per-class IoU and the best mIoU so far."""
         scores = self.val_metrics.compute()
         self.val_metrics.reset()
-        for name in ("mIoU", "mAcc", "aAcc", "FWIoU", "mDice"):
+        for name in SUMMARY_METRICS:
             self.log(f"val/{name}", scores[name].float(), prog_bar=name == "mIoU")
         for name, iou in zip(self.class_names, scores["IoU"], strict=True):
             self.log(f"val/IoU/{name}", iou.float())
@@ -153,28 +230,14 @@ class SegmentationModule(L.LightningModule):
                 logger.log_hyperparams(params, {"hp/val_mIoU_best": 0.0})
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """The configured optimiser with poly LR stepped every iteration."""
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self._scheduler(optimizer), "interval": "step"},
-        }
-
-    def _scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        name = self.scheduler_cfg.get("name", "poly")
-        if name != "poly":
-            raise ValueError(f"scheduler.name={name!r} is not supported; expected 'poly'")
+        """The configured optimiser, and the LR schedule stepped every iteration."""
+        groups = parameter_groups(self.model, self.hparams.bias_lr_factor, self.hparams.bias_weight_decay)
+        optimizer = build_optimizer(self.optimizer_factory, groups)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.scheduler_cfg.get("warmup_iters", 0))
-        poly = torch.optim.lr_scheduler.PolynomialLR(
-            optimizer,
-            total_iters=max(1, total - warmup),
-            power=float(self.scheduler_cfg.get("power", 0.9)),
-        )
-        if warmup <= 0:
-            return poly
-        ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=warmup)
-        return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, poly], milestones=[warmup])
+        scheduler = build_schedule(self.scheduler_factory, optimizer, total)
+        if scheduler is None:
+            return {"optimizer": optimizer}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the best mIoU across resumes."""
@@ -183,3 +246,4 @@ class SegmentationModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the best mIoU of the interrupted run."""
         self.best_miou = float(checkpoint.get("best_miou", float("-inf")))
+

@@ -1,9 +1,8 @@
-"""Lightning callbacks of seglab's own: the run's metrics.json (with provenance), fault injection."""
+"""Lightning callback: the run's metrics.json, best and final validation metrics with their provenance."""
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import subprocess
@@ -13,15 +12,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.plugins import TorchSyncBatchNorm
-from omegaconf import OmegaConf
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# Test-only fault injection (tests/test_ddp_sweep.py): the process of this global rank raises
-# during training; with FAULT_JOB_ENV set, only in that Hydra job (hydra.job.num) of a sweep.
-FAULT_RANK_ENV = "SEGLAB_FAULT_INJECT_CRASH_RANK"
-FAULT_JOB_ENV = "SEGLAB_FAULT_INJECT_CRASH_JOB"
+from src.utils.files import write_json_atomic
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _plain(value: Any) -> Any:
@@ -50,14 +44,6 @@ def git_revision(root: Path = REPO_ROOT) -> dict[str, Any]:
         return {"commit": "unknown", "dirty": None}
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": None if status is None else bool(status)}
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON via a temp file and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 class MetricsFile(L.Callback):
@@ -119,62 +105,3 @@ class MetricsFile(L.Callback):
         """Restore best/final from a checkpoint."""
         self.best = dict(state_dict.get("best", {}))
         self.final = dict(state_dict.get("final", {}))
-
-
-class AutoSyncBatchNorm(L.Callback):
-    """SyncBatchNorm for a fit under multi-GPU DDP (`trainer.sync_batchnorm: true`), BatchNorm otherwise.
-
-    torch's SyncBatchNorm has no CPU kernel, so Lightning's own `sync_batchnorm=True` fails under
-    gloo; the choice needs the world size and the device, which only the running trainer knows.
-    """
-
-    def __init__(self) -> None:
-        self.active = False
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Convert BatchNorm layers before the strategy wraps the model in DDP (as Lightning's own plugin does)."""
-        self.active = (
-            stage == "fit"
-            and trainer.world_size > 1
-            and trainer.strategy.root_device.type == "cuda"
-        )
-        if self.active:
-            TorchSyncBatchNorm().apply(pl_module)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Back to plain BatchNorm, so the module runs on one device again (e.g. on a CPU)."""
-        if self.active:
-            TorchSyncBatchNorm().revert(pl_module)
-            self.active = False
-
-
-class CrashOnRank(L.Callback):
-    """Fault injection for tests: raise in one process at a given training batch (a crashed DDP rank)."""
-
-    def __init__(self, rank: int, batch_idx: int = 1) -> None:
-        self.rank = rank
-        self.batch_idx = batch_idx
-
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        """Raise on the chosen rank, after the first step so the other ranks are mid-collective."""
-        if trainer.global_rank == self.rank and batch_idx == self.batch_idx:
-            raise RuntimeError(
-                f"seglab fault injection: {FAULT_RANK_ENV}={self.rank} crashed rank {self.rank}"
-            )
-
-
-def _job_num() -> int:
-    return OmegaConf.select(HydraConfig.get(), "job.num", default=0)
-
-
-def fault_injection_callbacks() -> list[L.Callback]:
-    """`CrashOnRank` when the test-only environment variables ask for it (and this is the chosen job)."""
-    rank = os.environ.get(FAULT_RANK_ENV)
-    if rank is None:
-        return []
-    job = os.environ.get(FAULT_JOB_ENV)
-    if job is not None and HydraConfig.initialized() and job != str(_job_num()):
-        return []
-    return [CrashOnRank(int(rank))]

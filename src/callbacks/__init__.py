@@ -1,0 +1,1 @@
+"""seglab's Lightning callbacks, one per file; conf/callbacks/default.yaml lists which a run uses."""

@@ -1,0 +1,1 @@
+"""Test-only helpers: toy datasets and fault injection."""

@@ -1,0 +1,83 @@
+"""Test-only fault injection, added to a run from the command line (never part of seglab's configs)."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+
+def _job_num() -> int:
+    """This Hydra job's number in a sweep (0 in a single run)."""
+    if not HydraConfig.initialized():
+        return 0
+    return int(OmegaConf.select(HydraConfig.get(), "job.num", default=0) or 0)
+
+
+class FaultInjection(L.Callback):
+    """Test hook: a fault once `trainer.global_step` reaches `at_step`, to check the guards above.
+
+    `kind=nan_loss` fills the input of the batch trained at that step with NaN (the loss becomes
+    non-finite there); `kind=sigterm` sends this process SIGTERM right after that step, as a
+    scheduler pre-empting the job would. Add it from the command line:
+    `+callbacks.fault._target_=tests.helpers.faults.FaultInjection +callbacks.fault.kind=nan_loss
+    +callbacks.fault.at_step=4`.
+    """
+
+    KINDS = ("nan_loss", "sigterm")
+
+    def __init__(self, kind: str, at_step: int) -> None:
+        if kind not in self.KINDS:
+            raise ValueError(f"FaultInjection kind={kind!r}; expected one of {self.KINDS}")
+        self.kind = kind
+        self.at_step = int(at_step)
+        self.fired = False
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """`nan_loss`: poison this batch's images if it is trained at `at_step`."""
+        if self.kind == "nan_loss" and not self.fired and trainer.global_step == self.at_step:
+            self.fired = True
+            batch["image"].fill_(math.nan)
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """`sigterm`: signal this process once `at_step` steps are done."""
+        if self.kind == "sigterm" and not self.fired and trainer.global_step == self.at_step:
+            self.fired = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class CrashOnRank(L.Callback):
+    """Raise in one process at a given training batch (a crashed DDP rank); with `job`, only in that sweep job.
+
+    `+callbacks.crash._target_=tests.helpers.faults.CrashOnRank +callbacks.crash.rank=1
+    [+callbacks.crash.job=1]`: DDP children get the same overrides, so the callback is in every
+    process and fires in the one of that global rank (and Hydra job number).
+    """
+
+    def __init__(self, rank: int, batch_idx: int = 1, job: int | None = None) -> None:
+        self.rank = int(rank)
+        self.batch_idx = int(batch_idx)
+        self.job = job
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Raise on the chosen rank, after the first step so the other ranks are mid-collective."""
+        if self.job is not None and int(self.job) != _job_num():
+            return
+        if trainer.global_rank == self.rank and batch_idx == self.batch_idx:
+            raise RuntimeError(f"seglab fault injection: crashed rank {self.rank}")
