@@ -34,7 +34,7 @@ from src.visualization import confusion_matrix_image  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-SUMMARY = SUMMARY_METRICS
+
 
 
 class Evaluator(L.LightningModule):
@@ -78,7 +78,7 @@ class Evaluator(L.LightningModule):
         self.scores["confmat"] = self.metrics.last_confmat
         # Every process holds the same summed scores; sync_dist averages identical values (exact)
         # and keeps Lightning from warning about epoch-level values logged unsynced under DDP.
-        for name in SUMMARY:
+        for name in SUMMARY_METRICS:
             self.log(f"test/{name}", self.scores[name].float(), sync_dist=True)
         for name, iou in zip(self.class_names, self.scores["IoU"], strict=True):
             self.log(f"test/IoU/{name}", iou.float(), sync_dist=True)
@@ -93,7 +93,7 @@ def flat_metrics(
     scores: dict[str, torch.Tensor], class_names: Sequence[str]
 ) -> dict[str, float | None]:
     """test/mIoU ..., test/IoU/<class>, test/Acc/<class>, test/Dice/<class> as plain numbers."""
-    flat = {f"test/{name}": _finite(scores[name]) for name in SUMMARY}
+    flat = {f"test/{name}": _finite(scores[name]) for name in SUMMARY_METRICS}
     for kind in ("IoU", "Acc", "Dice"):
         flat.update(
             {

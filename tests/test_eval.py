@@ -7,14 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from src.data.io import read_image
 from src.eval import evaluate
 from src.train import train
+from src.utils.checkpoint import model_from_checkpoint
 from src.utils.errors import UserError
 from src.visualization import confusion_matrix_image
 from tests.conftest import SMOKE_DATA, compose_config
+from tests.helpers.checkpoints import write_checkpoint
+from tests.helpers.inference_reference import Mode, confusion, reference_mask
 
 CLASSES = ["background", "disc", "square", "triangle", "ring", "cross"]
 
@@ -25,7 +30,9 @@ def checkpoint(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     root = tmp_path_factory.mktemp("eval_smoke")
     cfg = compose_config(
         "train",
-        ["debug=smoke", *SMOKE_DATA, f"paths.data_dir={data_dir}", f"paths.log_dir={root}/logs"],
+        # class-weighted, so that its predictions hold more than background
+        ["debug=smoke", *SMOKE_DATA, f"paths.data_dir={data_dir}", f"paths.log_dir={root}/logs",
+         "loss.class_weights=median_frequency", "optim.lr=5e-3"],
         root / "run",
     )
     train(cfg)
@@ -52,11 +59,18 @@ def eval_cfg(data_dir: Path, tmp_path: Path, checkpoint: Path):
     return make
 
 
+VOC = Path("VOCdevkit") / "VOC2012"
+
+
+def val_ids(data_dir: Path) -> list[str]:
+    """The smoke set's validation ids."""
+    return (data_dir / "synthetic_smoke" / VOC / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+
+
 def val_masks(data_dir: Path) -> list[np.ndarray]:
     """The smoke set's validation masks, read straight from the PNG files."""
-    voc = data_dir / "synthetic_smoke" / "VOCdevkit" / "VOC2012"
-    ids = (voc / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
-    return [np.array(Image.open(voc / "SegmentationClass" / f"{i}.png")) for i in ids]
+    voc = data_dir / "synthetic_smoke" / VOC
+    return [np.array(Image.open(voc / "SegmentationClass" / f"{i}.png")) for i in val_ids(data_dir)]
 
 
 def reference_scores(hist: np.ndarray) -> dict[str, float]:
@@ -105,30 +119,40 @@ def test_eval_writes_metrics_confusion_png_and_table(eval_cfg, data_dir: Path, c
     assert acc.Scalars("test/mIoU")[-1].value == pytest.approx(saved["test/mIoU"], rel=1e-6)
 
 
-def test_slide_and_tta_modes_agree_with_whole_where_they_must(eval_cfg) -> None:
-    whole = evaluate(eval_cfg(name="whole"))
-    # windows as large as the padded images: one window, the whole-image pass
-    slide = evaluate(
-        eval_cfg("eval.mode=slide", "eval.crop_size=128", "eval.stride=64", name="slide")
-    )
-    # one scale, no flip: softmax keeps the argmax of the logits
-    tta_one = evaluate(
-        eval_cfg("eval.tta=true", "eval.scales=[1.0]", "eval.flip=false", name="tta1")
-    )
-    assert slide["confusion_matrix"] == whole["confusion_matrix"]
-    assert tta_one["confusion_matrix"] == whole["confusion_matrix"]
-    # mmseg's default recipe (six scales x flip) runs and counts the same pixels
-    tta = evaluate(eval_cfg("eval.tta=true", name="tta"))
-    assert (
-        np.array(tta["confusion_matrix"]).sum(1).tolist()
-        == np.array(whole["confusion_matrix"]).sum(1).tolist()
-    )
-    assert tta["inference"] == {
-        "mode": "whole",
-        "tta": True,
-        "scales": [0.5, 0.75, 1.0, 1.25, 1.5, 1.75],
-        "flip": True,
-    }
+MODES = {
+    "whole": ([], Mode()),
+    "slide": (["eval.mode=slide", "eval.crop_size=64", "eval.stride=32"], Mode(slide=(64, 32))),
+    "tta": (["eval.tta=true", "eval.scales=[0.75,1.0,1.25]"], Mode(scales=(0.75, 1.0, 1.25), flip=True)),
+    "pad_multiple": (["data.pad_multiple=64"], Mode(pad_multiple=64)),
+}
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(checkpoint: Path) -> Path:
+    """A checkpoint of the smoke run's config whose model predicts every class (random weights)."""
+    trained = torch.load(checkpoint, weights_only=True)["hyper_parameters"]["config"]
+    return write_checkpoint(checkpoint.parent / "random.ckpt", trained["model"], trained["data"])
+
+
+@pytest.mark.parametrize("name", list(MODES))
+def test_eval_modes_match_an_independent_reference(name: str, eval_cfg, random_checkpoint, data_dir) -> None:
+    """Each mode (and data.pad_multiple) reaches eval's prediction: its confusion matrix is the
+    reference's for that mode, and (but for `whole`) not what the whole-image pass gives."""
+    overrides, mode = MODES[name]
+    checkpoint = random_checkpoint
+    payload = evaluate(eval_cfg(f"ckpt_path={checkpoint}", *overrides, name=name))
+    got = np.array(payload["confusion_matrix"])
+    ids, masks = val_ids(data_dir), val_masks(data_dir)
+    images = [read_image(data_dir / "synthetic_smoke" / VOC / "JPEGImages" / f"{i}.jpg") for i in ids]
+    model = model_from_checkpoint(checkpoint)[0]
+    expected = confusion(masks, [reference_mask(model, image, mode) for image in images], 6)
+    tolerance = 1e-3 * expected.sum()  # near-ties may flip under another summation order
+    assert np.abs(got - expected).sum() <= tolerance
+    if name != "whole":
+        whole = confusion(masks, [reference_mask(model, image, Mode()) for image in images], 6)
+        assert np.abs(got - whole).sum() > tolerance, f"{name} predicted what the whole pass does"
+    if name == "tta":
+        assert payload["inference"] == {"mode": "whole", "tta": True, "scales": [0.75, 1.0, 1.25], "flip": True}
 
 
 def test_num_classes_mismatch_is_a_clear_error(eval_cfg) -> None:

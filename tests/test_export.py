@@ -6,13 +6,16 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import hydra
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
+from src.utils.checkpoint import InputConvention
 from src.utils.errors import UserError
 from tests.conftest import ROOT, SMOKE_DATA, TINY_FCN8S_CFG, compose_config
+from tests.helpers.checkpoints import write_checkpoint
 
 _spec = importlib.util.spec_from_file_location(
     "seglab_export_script", ROOT / "scripts" / "export.py"
@@ -27,27 +30,11 @@ MODEL_CFG = TINY_FCN8S_CFG
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     """A tiny fcn8s checkpoint (random weights, trained-looking BN statistics) whose config names the smoke data."""
-    torch.manual_seed(0)
-    model = hydra.utils.instantiate(MODEL_CFG)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial eval-mode statistics
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
     root = tmp_path_factory.mktemp("export")
     data_cfg = compose_config(
         "train", ["debug=smoke", *SMOKE_DATA, f"paths.data_dir={data_dir}"], root / "cfg"
     ).data
-    data = OmegaConf.to_container(data_cfg, resolve=True)
-    path = root / "fcn8s.ckpt"
-    state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    torch.save(
-        {
-            "state_dict": state,
-            "hyper_parameters": {"num_classes": 6, "config": {"model": MODEL_CFG, "data": data}},
-        },
-        path,
-    )
-    return path
+    return write_checkpoint(root / "fcn8s.ckpt", MODEL_CFG, OmegaConf.to_container(data_cfg, resolve=True))
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +119,17 @@ def test_bad_arguments_are_user_errors(checkpoint: Path) -> None:
         export_script.parse_args([f"ckpt_path={checkpoint}", "heigth=3"])
     with pytest.raises(UserError, match="ckpt_path is required"):
         export_script.parse_args(["format=onnx"])
+
+
+def test_the_checkpoints_pad_multiple_and_normalisation_shape_the_export_input(tmp_path: Path) -> None:
+    """data.pad_multiple and data.normalize of the checkpoint decide the input export checks parity on."""
+    image_path = tmp_path / "odd.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(image_path)
+    by_32 = export_script.real_input(image_path, InputConvention("imagenet", 32))
+    by_64 = export_script.real_input(image_path, InputConvention("imagenet", 64))
+    assert tuple(by_32.shape) == (1, 3, 96, 96) and tuple(by_64.shape) == (1, 3, 128, 128)
+    caffe = export_script.real_input(image_path, InputConvention("caffe_bgr", 32))
+    rgb = np.asarray(Image.open(image_path), np.float32)
+    expected = rgb[..., ::-1] - np.array([104.00699, 116.66877, 122.67892], np.float32)  # BGR - mean
+    np.testing.assert_allclose(caffe[0, :, :70, :90].permute(1, 2, 0).numpy(), expected, atol=1e-4)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,46 @@ def test_focal_dice_sweep_makes_four_jobs(tmp_path: Path) -> None:
     caches = list(data_dir.rglob("class_weights-*-median_frequency.json"))
     assert len(caches) == 1
     assert len(json.loads(caches[0].read_text())["weights"]) == num_classes
+
+
+MY_LOSS = '''
+import torch.nn.functional as F
+from torch import nn
+
+
+class MyLoss(nn.Module):
+    """A user's term: it names ignore_index, so the composite hands it the data's."""
+
+    def __init__(self, ignore_index: int) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, logits, mask):
+        return F.cross_entropy(logits, mask, ignore_index=self.ignore_index) ** 2
+'''
+
+
+@pytest.mark.slow
+def test_a_users_own_term_trains_from_the_command_line(tmp_path: Path, data_dir: Path) -> None:
+    """The issue's command: `loss=ce_dice '+loss.mine={_target_: mypkg.MyLoss, weight: 0.3}'`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text(MY_LOSS)
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable, "src/train.py", "debug=smoke", *SMOKE_DATA, "trainer.max_epochs=1",
+        "loss=ce_dice", "+loss.mine={_target_: mypkg.MyLoss, weight: 0.3}",
+        f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss_mine_step", "train/loss_ce_step", "train/loss_dice_step"} <= tags
+    parts = {name: events.Scalars(f"train/loss_{name}_step")[0].value for name in ("ce", "dice", "mine")}
+    total = events.Scalars("train/loss_step")[0].value
+    assert total == pytest.approx(parts["ce"] + parts["dice"] + 0.3 * parts["mine"], rel=1e-5)
+    assert parts["mine"] == pytest.approx(parts["ce"] ** 2, rel=1e-5)  # the same CE, squared

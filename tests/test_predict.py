@@ -7,14 +7,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from src.data.io import read_image
 from src.data.palette import voc_palette
 from src.eval import evaluate
 from src.predict import list_inputs, predict
 from src.train import train
+from src.utils.checkpoint import model_from_checkpoint
 from src.utils.errors import UserError
 from tests.conftest import SMOKE_DATA, compose_config
+from tests.helpers.checkpoints import write_checkpoint
+from tests.helpers.inference_reference import Mode, reference_mask
 
 
 @pytest.fixture(scope="module")
@@ -142,33 +147,36 @@ def test_dataset_palette_from_config_is_used(predict_cfg, voc_dir: Path, tmp_pat
         assert np.array(png.getpalette()[:18]).reshape(6, 3).tolist() == colours
 
 
-def test_slide_and_tta_options_reach_the_prediction(
-    predict_cfg, voc_dir: Path, tmp_path: Path
+MODES = {
+    "slide": (["predict.mode=slide", "predict.crop_size=64", "predict.stride=32"], Mode(slide=(64, 32))),
+    "tta": (["predict.tta=true", "predict.scales=[0.5,1.0]"], Mode(scales=(0.5, 1.0), flip=True)),
+    "pad_multiple": (["predict.pad_multiple=64"], Mode(pad_multiple=64)),
+}
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(checkpoint: Path) -> Path:
+    """A checkpoint of the smoke run's config whose model predicts every class (random weights)."""
+    trained = torch.load(checkpoint, weights_only=True)["hyper_parameters"]["config"]
+    return write_checkpoint(checkpoint.parent / "random.ckpt", trained["model"], trained["data"])
+
+
+@pytest.mark.parametrize("name", list(MODES))
+def test_modes_and_padding_reach_the_prediction(
+    name: str, predict_cfg, random_checkpoint: Path, voc_dir: Path, tmp_path: Path
 ) -> None:
-    folder = voc_dir / "JPEGImages"
-    predict(predict_cfg(str(folder / "val_0000[0-2].jpg"), name="whole"))
-    # one window covering each padded image: the whole-image pass again
-    predict(
-        predict_cfg(
-            str(folder / "val_0000[0-2].jpg"),
-            "predict.mode=slide",
-            "predict.crop_size=128",
-            "predict.stride=64",
-            name="slide",
-        )
-    )
-    predict(
-        predict_cfg(
-            str(folder / "val_0000[0-2].jpg"),
-            "predict.tta=true",
-            "predict.scales=[0.5,1.0]",
-            name="tta",
-        )
-    )
+    """predict.py's masks are the independent reference's for the mode, and differ from whole-image ones."""
+    overrides, mode = MODES[name]
+    pattern = str(voc_dir / "JPEGImages" / "val_0000[0-2].jpg")
+    predict(predict_cfg(pattern, f"ckpt_path={random_checkpoint}", *overrides, name=name))
+    model = model_from_checkpoint(random_checkpoint)[0]
+    changed = 0
     for stem in ("val_00000", "val_00001", "val_00002"):
-        whole = np.array(Image.open(tmp_path / "whole" / f"{stem}.png"))
-        assert np.array_equal(np.array(Image.open(tmp_path / "slide" / f"{stem}.png")), whole)
-        assert np.array(Image.open(tmp_path / "tta" / f"{stem}.png")).shape == whole.shape
+        image = read_image(voc_dir / "JPEGImages" / f"{stem}.jpg")
+        mask = np.array(Image.open(tmp_path / name / f"{stem}.png"))
+        assert (mask == reference_mask(model, image, mode)).mean() >= 0.999
+        changed += int((mask != reference_mask(model, image, Mode())).sum())
+    assert changed > 0.001 * 3 * mask.size, f"{name} predicted what the whole pass does"
 
 
 def test_inputs_file_dir_glob_and_errors(tmp_path: Path, voc_dir: Path, predict_cfg) -> None:

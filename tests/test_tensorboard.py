@@ -247,3 +247,20 @@ def test_hparams_tab_compares_on_val_miou_best(server: Server, run_dir: Path) ->
     ]
     best = json.loads((run_dir / "metrics.json").read_text())["best"]["val/mIoU"]
     assert value == pytest.approx(best, abs=1e-6)
+
+
+@pytest.mark.parametrize("multiple", [32, 64])
+def test_image_logger_predicts_samples_padded_as_validation_pads_them(multiple: int) -> None:
+    """callbacks.segmentation_images.pad_multiple (= data.pad_multiple) is the extent each sample is predicted at."""
+    from src.callbacks.image_logger import SegmentationImageLogger
+
+    logger = SegmentationImageLogger(num_samples=2, pad_multiple=multiple)
+    batch = {
+        "image": torch.randn(2, 3, 128, 128),
+        "mask": torch.zeros(2, 128, 128, dtype=torch.long),
+        "sizes": torch.tensor([[70, 90], [40, 33]]),
+    }
+    logger.on_validation_batch_end(None, None, None, batch, 0)
+    padded = {32: [(96, 96), (64, 64)], 64: [(128, 128), (64, 64)]}[multiple]
+    assert [tuple(image.shape[1:]) for image, _ in logger.samples] == padded
+    assert [tuple(mask.shape) for _, mask in logger.samples] == [(70, 90), (40, 33)]
