@@ -7,7 +7,9 @@ the run's length, which only the running trainer knows.
 
 from __future__ import annotations
 
+import bisect
 import inspect
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -16,9 +18,12 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
+from torch.optim.lr_scheduler import PolynomialLR
 
 from src.metrics import SegmentationMetrics
 from src.utils.errors import UserError
+
+log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -103,10 +108,31 @@ def _bind_children(
     return [_bind(child, optimizer, bounds[i], bounds[i + 1]) for i, child in enumerate(children)]
 
 
-def iter_schedulers(scheduler: Any) -> list[Any]:
-    """`scheduler` and, for SequentialLR/ChainedScheduler, the schedulers inside it."""
+def polynomials(scheduler: Any, active: bool = True) -> list[tuple[PolynomialLR, bool]]:
+    """Every PolynomialLR in `scheduler` (SequentialLR's children too), and whether it sets the LR now."""
+    if isinstance(scheduler, PolynomialLR):
+        return [(scheduler, active)]
     children = getattr(scheduler, "_schedulers", [])
-    return [scheduler, *(s for child in children for s in iter_schedulers(child))]
+    if isinstance(scheduler, torch.optim.lr_scheduler.SequentialLR):
+        current = bisect.bisect_right(scheduler._milestones, scheduler.last_epoch)
+        return [p for i, c in enumerate(children) for p in polynomials(c, active and i == current)]
+    return [p for child in children for p in polynomials(child, active)]
+
+
+def stretch_polynomial(schedule: PolynomialLR, total_iters: int, active: bool) -> None:
+    """A restored PolynomialLR takes this run's length; if it drives the LR, the LR at its step follows.
+
+    Its state (total_iters included) comes from the checkpoint, and its update is chainable
+    (relative to the last LR), so without this a run resumed with a larger trainer.max_epochs
+    would continue at the old schedule's end: LR 0.
+    """
+    schedule.total_iters = total_iters
+    if not active:
+        return
+    factor = (1.0 - min(schedule.last_epoch, total_iters) / total_iters) ** schedule.power
+    schedule._last_lr = [base * factor for base in schedule.base_lrs]
+    for group, lr in zip(schedule.optimizer.param_groups, schedule._last_lr, strict=True):
+        group["lr"] = lr
 
 
 class SegmentationModule(L.LightningModule):
@@ -235,9 +261,20 @@ class SegmentationModule(L.LightningModule):
         optimizer = build_optimizer(self.optimizer_factory, groups)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = build_schedule(self.scheduler_factory, optimizer, total)
+        self._schedule_lengths = [p.total_iters for p, _ in polynomials(scheduler)]
         if scheduler is None:
             return {"optimizer": optimizer}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """On resume, the restored poly schedule takes this run's length (trainer.max_epochs may change)."""
+        if not self.trainer.lr_scheduler_configs:
+            return
+        scheduler = self.trainer.lr_scheduler_configs[0].scheduler
+        for (schedule, active), total in zip(polynomials(scheduler), self._schedule_lengths, strict=True):
+            if schedule.total_iters != total:
+                log.info("poly LR: %d steps in the checkpoint, %d in this run: stretched", schedule.total_iters, total)
+                stretch_polynomial(schedule, total, active)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the best mIoU across resumes."""

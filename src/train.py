@@ -19,20 +19,45 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from src.utils import ddp  # noqa: E402
-from src.utils.build import build_run  # noqa: E402
-from src.utils.checkpoint import verify_checkpoint  # noqa: E402
-from src.utils.errors import exit_on_user_error  # noqa: E402
+from src.utils.build import build_run, plain_config  # noqa: E402
+from src.utils.checkpoint import load_checkpoint  # noqa: E402
+from src.utils.errors import UserError, exit_on_user_error  # noqa: E402
+from src.utils.run_guard import LAST, check_resume_config, resume_checkpoint  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
+def checkpoint_to_resume(cfg: DictConfig) -> tuple[str | None, int]:
+    """The checkpoint this run continues (None: a new run) and its global step; its config is checked.
+
+    A missing or unsafe file fails here, before anything is built, and its payload never runs.
+    """
+    requested = cfg.get("ckpt_path")
+    checkpoint = resume_checkpoint(requested, Path(cfg.paths.output_dir))
+    if checkpoint is None:
+        if str(requested) == LAST:
+            log.info("ckpt_path=last: %s holds no checkpoints/last.ckpt yet; starting a new run", cfg.paths.output_dir)
+        return None, 0
+    step = int(load_checkpoint(checkpoint).get("global_step", 0))
+    check_resume_config(plain_config(cfg), checkpoint)
+    how = "Lightning's SLURM requeue checkpoint" if requested is None else f"ckpt_path={requested}"
+    log.info("resuming from %s (%s), global step %d", checkpoint, how, step)
+    return str(checkpoint), step
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model; return the final logged metrics."""
-    # a missing or unsafe checkpoint fails now, and its payload never runs
-    verify_checkpoint(cfg.get("ckpt_path"))
+    checkpoint, start_step = checkpoint_to_resume(cfg)
     L.seed_everything(cfg.seed, workers=True)
     run = build_run(cfg)
-    run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=checkpoint, weights_only=True)
+    if checkpoint is not None and run.trainer.global_step == start_step:
+        # nothing trained: the metrics Lightning holds are not this run's result (no NaN to a sweeper)
+        raise UserError(
+            f"{checkpoint} is already at global step {start_step} (epoch {run.trainer.current_epoch}), "
+            "where this run's trainer.max_epochs / trainer.max_steps end: nothing was trained. Raise "
+            "trainer.max_epochs (or max_steps) to continue it"
+        )
     metrics = {k: float(v) for k, v in run.trainer.callback_metrics.items() if v.numel() == 1}
     if run.trainer.is_global_zero:
         log.info(

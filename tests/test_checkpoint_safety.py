@@ -17,7 +17,7 @@ from src.eval import evaluate
 from src.predict import predict
 from src.train import train
 from src.utils import build
-from src.utils.checkpoint import load_checkpoint, model_from_checkpoint, verify_checkpoint
+from src.utils.checkpoint import load_checkpoint, model_from_checkpoint
 from src.utils.errors import UserError
 from tests.conftest import ROOT, SMOKE_DATA, TINY_FCN8S_CFG, compose_config
 
@@ -71,8 +71,6 @@ def test_load_checkpoint_refuses_the_payload(evil) -> None:
         match=r"checkpoint .*evil\.ckpt needs arbitrary unpickling \(it references (builtins\.)?exec\)",
     ):
         load_checkpoint(path)
-    with pytest.raises(UserError, match="needs arbitrary unpickling"):
-        verify_checkpoint(path)
     assert not marker.exists()
 
 
@@ -102,8 +100,6 @@ def test_unreadable_and_foreign_files_are_user_errors(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
     with pytest.raises(UserError, match=r"plain\.pt has no 'state_dict'"):
         load_checkpoint(tmp_path / "plain.pt")
-    verify_checkpoint(None)
-    verify_checkpoint("last")  # Lightning's keyword, resolved by trainer.fit
 
 
 def test_eval_and_predict_refuse_it_and_the_payload_does_not_run(

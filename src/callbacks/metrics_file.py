@@ -55,10 +55,16 @@ class MetricsFile(L.Callback):
         self.best: dict[str, Any] = {}
         self.final: dict[str, Any] = {}
         self.started = time.monotonic()
+        self.trained = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start the wall clock (the fit's, so a resumed run reports its own time)."""
         self.started = time.monotonic()
+        self.trained = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        """This fit trained at least one batch (a resume of a finished run trains none)."""
+        self.trained = True
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Record this epoch's val metrics; keep them as `best` when the monitored one improved."""
@@ -77,8 +83,8 @@ class MetricsFile(L.Callback):
             self.best = dict(metrics)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Write metrics.json once, from rank 0."""
-        if trainer.is_global_zero:
+        """Write metrics.json once, from rank 0, if this fit trained (else the file stays as it was)."""
+        if trainer.is_global_zero and self.trained:
             write_json_atomic(self.path, self.summary(trainer))
 
     def summary(self, trainer: L.Trainer) -> dict[str, Any]:

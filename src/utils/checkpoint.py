@@ -20,10 +20,6 @@ from torch import nn
 
 from src.utils.errors import UserError
 
-# Lightning's own special values of `ckpt_path` (trainer.fit resolves them itself).
-LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
-
-
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """torch.load(weights_only=True) of a seglab/Lightning checkpoint; unsafe or unreadable files raise UserError."""
     path = Path(path).expanduser()
@@ -51,17 +47,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} has no 'state_dict'; expected a Lightning checkpoint written by src/train.py"
         )
     return checkpoint
-
-
-def verify_checkpoint(ckpt_path: str | Path | None) -> None:
-    """Fail early with a UserError if a resume checkpoint is missing or unsafe (Lightning's keywords pass)."""
-    if (
-        ckpt_path is None
-        or str(ckpt_path) in LIGHTNING_CKPT_KEYWORDS
-        or str(ckpt_path).startswith("registry:")
-    ):
-        return
-    load_checkpoint(ckpt_path)
 
 
 def checkpoint_config(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
