@@ -41,25 +41,42 @@ def focal_dlogp(log_p: Tensor, one_minus_p: Tensor, gamma: float) -> Tensor:
 
 @dataclass(frozen=True)
 class CETerm(FusedTerm):
-    """`sum w_y * -log p_y`, divided by `sum w_y` when `normalize` (0 when no pixel is valid)."""
+    """`sum w_y * -log p_y`, divided by `sum w_y` when `normalize` (0 when no pixel is valid).
+
+    With `label_smoothing=eps` each valid pixel gives `(1 - eps) w_y (-log p_y) + eps / C sum_c
+    w_c (-log p_c)`, divided by the same `sum w_y` (torch's normalisation).
+    """
 
     normalize: bool = True
+    label_smoothing: float = 0.0
 
     def chunk_stats(self, chunk: Chunk) -> Tensor:
-        """Sum of `w_y * -log p_y` over the chunk's valid pixels."""
-        return -torch.dot(chunk.weight_true.reshape(-1), chunk.log_p_true.reshape(-1)).reshape(1)
+        """Sum of `w_y * -log p_y` over the chunk's valid pixels, then (smoothing) of `sum_c w_c -log p_c`."""
+        true_class = -torch.dot(chunk.weight_true.reshape(-1), chunk.log_p_true.reshape(-1))
+        if self.label_smoothing == 0:
+            return true_class.reshape(1)
+        every_class = -torch.einsum("bcl,c->bl", chunk.log_p, chunk.batch.weight)
+        # masked, not multiplied: an ignored pixel's log p may be anything, even -inf
+        return torch.stack([true_class, every_class.masked_fill(~chunk.valid, 0).sum()])
 
     def _normaliser(self, batch: Batch) -> Tensor:
         return batch.weight_sum_valid if self.normalize else torch.ones((), dtype=torch.float64)
 
     def value(self, stats: Tensor, batch: Batch) -> Tensor:
         """Divide by `sum w_y`, as torch's weighted mean does (or keep the sum)."""
-        return safe_div(stats[0], self._normaliser(batch))
+        total = stats[0]
+        if self.label_smoothing:
+            eps = self.label_smoothing
+            total = (1 - eps) * stats[0] + eps / batch.weight.numel() * stats[1]
+        return safe_div(total, self._normaliser(batch))
 
     def chunk_grad(self, chunk: Chunk, stats: Tensor, grad_out: Tensor, parts: GradParts) -> None:
-        """d/d log p_y = -w_y / sum w_y (or -w_y)."""
+        """d/d log p_y = -(1 - eps) w_y / sum w_y, and d/d log p_c = -eps / C w_c / sum w_y (or no division)."""
         scale = safe_div(grad_out, self._normaliser(chunk.batch)).to(chunk.logits.dtype)
-        parts.add_log_p_true(-scale * chunk.weight_true)
+        eps = self.label_smoothing
+        parts.add_log_p_true(-scale * (1 - eps) * chunk.weight_true)
+        if eps:
+            parts.add_log_p(-scale * eps / chunk.logits.shape[1] * chunk.batch.weight)
 
 
 @dataclass(frozen=True)
