@@ -84,3 +84,7 @@ class CELoss(PixelLoss):
     def fused_term(self) -> CETerm:
         """This term as the fused engine runs it."""
         return CETerm(normalize=self.normalize, label_smoothing=self.label_smoothing)
+
+    def extra_repr(self) -> str:
+        """Show the CE options when the loss is printed."""
+        return f"normalize={self.normalize}, label_smoothing={self.label_smoothing}"
