@@ -189,6 +189,10 @@ def test_bf16_logits_are_finite_and_close_to_fp32(path: str) -> None:
     assert x16.grad.dtype == torch.bfloat16 and torch.isfinite(x16.grad).all()
     # fp32 accumulation: bf16 logits give what fp32 gives on the same (rounded) values
     assert rel_err(float(v16), float(loss(x16.detach().float(), target))) <= 1e-6
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the composite sums outside autocast
+        under_autocast = loss(logits, target)
+    assert under_autocast.dtype == torch.float32
+    assert rel_err(float(under_autocast), float(loss(logits, target))) <= 1e-6
 
 
 def test_config_keys_and_defaults() -> None:

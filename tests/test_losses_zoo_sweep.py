@@ -1,4 +1,4 @@
-"""The loss zoo from the command line: `-m debug=smoke loss=tversky,lovasz,ohem,ce_lovasz`."""
+"""The loss zoo end to end: data-derived class weights, and `-m debug=smoke loss=tversky,lovasz,ohem,ce_lovasz`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from src.utils.build import build_datamodule, build_loss
 from tests.conftest import SMOKE_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +31,21 @@ def scalar_tags(event_dir: Path) -> set[str]:
     acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return set(acc.Tags()["scalars"])
+
+
+def test_data_derived_class_weights_reach_every_zoo_term(smoke_cfg) -> None:
+    """`loss.class_weights=median_frequency` arrives at each term as the list the builder resolves."""
+    for preset, terms in TERMS.items():
+        cfg = smoke_cfg(f"loss={preset}", "loss.class_weights=median_frequency")
+        loss = build_loss(cfg.loss, build_datamodule(cfg.data))
+        weights = loss.class_weights
+        assert weights is not None and weights.numel() == cfg.data.num_classes
+        for term in terms:
+            assert torch.equal(loss.terms[term].class_weights, weights), (preset, term)
+        logits = torch.randn(2, cfg.data.num_classes, 8, 8, requires_grad=True)
+        value = loss(logits, torch.randint(0, cfg.data.num_classes, (2, 8, 8)))
+        value.backward()
+        assert torch.isfinite(value) and torch.isfinite(logits.grad).all()
 
 
 @pytest.mark.slow
