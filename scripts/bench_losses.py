@@ -1,11 +1,14 @@
 """Loss time and working memory: seglab's presets on both paths, seed 003 and F.cross_entropy.
 
     python scripts/bench_losses.py [--shape 8 21 512 512] [--presets focal_dice ...] [--threads N]
+    python scripts/bench_losses.py --presets zoo    # the loss zoo: see ZOO below
 
 Rows: seed 003's `Focal_Loss + Dice_loss` (the baseline of `focal_dice`), `F.cross_entropy` (the
 baseline every term is put next to), and each `--presets` loss as `python src/train.py loss=<name>`
-builds it, on the fused path (`loss.fused=auto`, where the preset has one) and on the plain
-modules (`loss.fused=false`). Each measurement runs forward+backward in its own spawned process.
+builds it, with `loss.fused=auto` and with `loss.fused=false` (the plain modules). The auto row is
+labelled "(fused)" where the preset has a fused form and "(auto: plain)" where it has none, so auto
+runs the plain modules too. A preset is `name` or `name:override[:override...]`, e.g.
+`ce:loss.ce.label_smoothing=0.1`. Each measurement runs forward+backward in its own spawned process.
 Working memory = peak resident memory (VmHWM) during forward+backward minus the peak of the same
 process holding only the logits, their gradient and the mask. The seed's one-hot target (float32
 `(N,H,W,C+1)`, which its dataset builds per image) is created after the baseline, so it counts as
@@ -21,6 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# `--presets zoo`: every loss family next to F.cross_entropy (README's loss table)
+ZOO = ["focal_dice", "tversky", "lovasz", "ohem", "ce:loss.ce.label_smoothing=0.1"]
 
 
 def peak_rss_mib() -> float:
@@ -91,15 +97,17 @@ def _inputs(shape, seed=0):
     return logits, mask
 
 
-def preset_loss(name: str, num_classes: int, fused: bool):
-    """`loss=<name>` as src/train.py composes and builds it, with `loss.fused` set."""
+def preset_loss(spec: str, num_classes: int, fused: bool):
+    """`loss=<name> <overrides>` (spec `name[:override...]`) as src/train.py builds it, `loss.fused` set."""
     from hydra import compose, initialize_config_dir
 
     import src  # noqa: F401  (SEGLAB_ROOT for conf/paths)
     from src.utils.build import build_loss
 
+    name, *extra = spec.split(":")
     overrides = [f"loss={name}", f"data.num_classes={num_classes}", f"loss.fused={'auto' if fused else 'false'}"]
     overrides.append(f"data.class_names=[{','.join(f'c{i}' for i in range(num_classes))}]")
+    overrides += extra
     conf = Path(__file__).resolve().parent.parent / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         return build_loss(compose("train", overrides=overrides).loss)
@@ -120,8 +128,8 @@ def _loss_function(kind: str, num_classes: int):
         return seed
     if kind == "F.cross_entropy":
         return lambda logits, mask: torch.nn.functional.cross_entropy(logits, mask, ignore_index=255)
-    name, path = kind.split(" ", 1)
-    return preset_loss(name, num_classes, fused=path == "(fused)")
+    spec, path = kind.rsplit(" (", 1)
+    return preset_loss(spec, num_classes, fused=path != "plain)")
 
 
 def _measure(kind: str, shape: tuple, reps: int, threads: int, queue) -> None:
@@ -186,11 +194,12 @@ def run(kind: str, shape: tuple, reps: int, threads: int) -> dict:
     return result
 
 
-def kinds(presets: list[str]) -> list[str]:
-    """The table's rows: the two baselines, then each preset fused (where it can be) and plain."""
+def kinds(presets: list[str], num_classes: int) -> list[str]:
+    """The table's rows: the two baselines, then each preset with loss.fused=auto and plain."""
     rows = ["seed", "F.cross_entropy"]
-    for name in presets:
-        rows += [f"{name} (fused)", f"{name} (plain)"]
+    for spec in presets:
+        auto = "fused" if preset_loss(spec, num_classes, fused=True).is_fused else "auto: plain"
+        rows += [f"{spec} ({auto})", f"{spec} (plain)"]
     return rows
 
 
@@ -202,7 +211,9 @@ def main() -> None:
     parser.add_argument(
         "--shape", type=int, nargs=4, default=[8, 21, 512, 512], metavar=("N", "C", "H", "W")
     )
-    parser.add_argument("--presets", nargs="+", default=["focal_dice"], help="conf/loss presets")
+    parser.add_argument(
+        "--presets", nargs="+", default=["focal_dice"], help="conf/loss presets, or zoo (ZOO above)"
+    )
     parser.add_argument("--reps", type=int, default=2, help="forward+backward passes per process")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over every row, alternated")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -212,7 +223,8 @@ def main() -> None:
         f"forward+backward on logits {shape} float32, {args.threads} thread(s), "
         f"{args.rounds} rounds x {args.reps} reps, load average {os.getloadavg()[0]:.1f}"
     )
-    rows = kinds(args.presets)
+    presets = [spec for name in args.presets for spec in (ZOO if name == "zoo" else [name])]
+    rows = kinds(presets, shape[1])
     rounds = []
     for index in range(args.rounds):  # alternate the order so that all see the same background load
         order = rows if index % 2 == 0 else rows[::-1]
@@ -224,11 +236,12 @@ def report(rows: list[str], rounds: list[dict]) -> None:
     """One line per row: median time, working memory, and both against the baselines."""
     time = {k: statistics.median(min(r[k]["times"]) for r in rounds) for k in rows}
     work = {k: statistics.median(r[k]["work_mib"] for r in rounds) for k in rows}
-    header = f"{'':24}{'time (s)':>10}{'vs seed':>9}{'vs F.ce':>9}{'memory (MiB)':>14}{'vs seed':>9}{'vs F.ce':>9}"
+    width = max(24, *(len(k) + 2 for k in rows))
+    header = f"{'':{width}}{'time (s)':>10}{'vs seed':>9}{'vs F.ce':>9}{'memory (MiB)':>14}{'vs seed':>9}{'vs F.ce':>9}"
     print(header)
     for k in rows:
         print(
-            f"{k:24}{time[k]:>10.3f}{time['seed'] / time[k]:>8.2f}x{time['F.cross_entropy'] / time[k]:>8.2f}x"
+            f"{k:{width}}{time[k]:>10.3f}{time['seed'] / time[k]:>8.2f}x{time['F.cross_entropy'] / time[k]:>8.2f}x"
             f"{work[k]:>14.1f}{work['seed'] / max(work[k], 1e-9):>8.2f}x"
             f"{work['F.cross_entropy'] / max(work[k], 1e-9):>8.2f}x"
         )

@@ -281,7 +281,7 @@ def test_fused_false_runs_the_plain_modules(monkeypatch) -> None:
 def test_preset_has_every_override_path(name: str) -> None:
     """`loss.focal.gamma=...` etc. must work on every preset holding the term, without `+`."""
     full = {
-        "ce": {"_target_", "weight", "normalize"},
+        "ce": {"_target_", "weight", "normalize", "label_smoothing"},
         "bce": {"_target_", "weight"},
         "focal": {"_target_", "weight", "gamma", "alpha", "mode"},
         "dice": {"_target_", "weight", "smooth", "beta", "classes"},

@@ -1,7 +1,10 @@
-"""Cross-entropy: exactly `F.cross_entropy(logits, mask, weight=w, ignore_index=...)`.
+"""Cross-entropy: exactly `F.cross_entropy(logits, mask, weight=w, ignore_index=..., label_smoothing=eps)`.
 
 `normalize=false` is Caffe's `normalize: false` (the FCN reference recipe): the sum of the per-pixel
 losses over the valid pixels instead of their weighted mean.
+`label_smoothing=eps` (Szegedy et al. 2016) trains against `(1 - eps) onehot(y) + eps / C`: per valid
+pixel `(1 - eps) w_y (-log p_y) + eps / C sum_c w_c (-log p_c)`, and, as torch does, the mean
+divides the whole sum by `sum w_y` of the true classes.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from torch import Tensor
 
 from src.losses.common import (
     PixelLoss,
+    check_between,
     check_inputs,
     class_counts,
     compute_dtype,
@@ -28,16 +32,22 @@ def ce_loss(
     class_weights: Tensor | None = None,
     ignore_index: int = 255,
     normalize: bool = True,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """Cross-entropy of logits `(N,C,*)` against mask `(N,*)`: mean `sum w_y (-log p_y) / sum w_y`
-    (or the sum with `normalize=False`); an all-ignored batch gives 0."""
+    (or the sum with `normalize=False`), smoothed as torch's; an all-ignored batch gives 0."""
     check_inputs(logits, target)
     logits = resize_logits(logits, target.shape[1:])
     counts = class_counts(target, logits.shape[1], ignore_index)
     dtype = compute_dtype(logits)
     weight = None if class_weights is None else class_weights.to(logits.device, dtype)
     total = F.cross_entropy(
-        logits.to(dtype), target.long(), weight=weight, ignore_index=ignore_index, reduction="sum"
+        logits.to(dtype),
+        target.long(),
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction="sum",
+        label_smoothing=label_smoothing,
     )
     if not normalize:
         return total
@@ -54,14 +64,27 @@ class CELoss(PixelLoss):
         ignore_index: int = 255,
         class_weights: Sequence[float] | Tensor | None = None,
         normalize: bool = True,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(ignore_index, class_weights)
         self.normalize = bool(normalize)
+        self.label_smoothing = check_between("label_smoothing", label_smoothing, 0.0, 1.0)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Return the scalar loss."""
-        return ce_loss(logits, target, self.class_weights, self.ignore_index, self.normalize)
+        return ce_loss(
+            logits,
+            target,
+            self.class_weights,
+            self.ignore_index,
+            self.normalize,
+            self.label_smoothing,
+        )
 
     def fused_term(self) -> CETerm:
         """This term as the fused engine runs it."""
-        return CETerm(normalize=self.normalize)
+        return CETerm(normalize=self.normalize, label_smoothing=self.label_smoothing)
+
+    def extra_repr(self) -> str:
+        """Show the CE options when the loss is printed."""
+        return f"normalize={self.normalize}, label_smoothing={self.label_smoothing}"

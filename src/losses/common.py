@@ -162,6 +162,14 @@ def check_at_least(name: str, value: float, low: float, strict: bool = False) ->
     return value
 
 
+def check_between(name: str, value: float, low: float, high: float) -> float:
+    """Return `value` as a float if `low <= value <= high`, else raise naming the argument."""
+    value = float(value)
+    if not low <= value <= high:
+        raise LossConfigError(f"{name}={value}: expected a value in [{low}, {high}]")
+    return value
+
+
 def present_class_weights(counts: Tensor, class_weights: Tensor, classes: str) -> Tensor:
     """The class weights restricted to K: classes with a valid target pixel (`present`) or all."""
     weights = class_weights.to(torch.float64)

@@ -119,13 +119,15 @@ class Chunk:
 class GradParts:
     """Gradient coefficients that terms add up before the softmax Jacobian is applied once.
 
-    Softmax terms give `on_log_p_true` (d loss / d log p_y per pixel) and per-class `on_prob`,
+    Softmax terms give `on_log_p_true` (d loss / d log p_y per pixel), per-class `on_log_p`
+    (d loss / d log p_c, the same at every valid pixel: label smoothing) and per-class `on_prob`,
     `on_prob_true` (d loss / d p_c = on_prob_c + [c = y] on_prob_true_c at valid pixels); sigmoid
     terms give `on_logits`, d loss / d logits per element.
     """
 
     def __init__(self) -> None:
         self.on_log_p_true: Tensor | None = None
+        self.on_log_p: Tensor | None = None
         self.on_prob: Tensor | None = None
         self.on_prob_true: Tensor | None = None
         self.on_logits: Tensor | None = None
@@ -138,6 +140,10 @@ class GradParts:
         """Add a per-pixel coefficient on `log p_y`."""
         self.on_log_p_true = self._sum(self.on_log_p_true, coefficient)
 
+    def add_log_p(self, per_class: Tensor) -> None:
+        """Add a per-class coefficient `(C,)` on `log p_c`, the same at every valid pixel."""
+        self.on_log_p = self._sum(self.on_log_p, per_class)
+
     def add_prob(self, every_valid: Tensor, true_class: Tensor) -> None:
         """Add per-class coefficients on `p_c` (all valid pixels) and on `p_y` (true class)."""
         self.on_prob = self._sum(self.on_prob, every_valid)
@@ -149,14 +155,17 @@ class GradParts:
 
     def logits_grad(self, chunk: Chunk, out: Tensor) -> None:
         """Write d loss / d logits for the chunk into `out` `(B,C,L)`."""
-        if self.on_log_p_true is None and self.on_prob is None:
+        if self.on_log_p_true is None and self.on_prob is None and self.on_log_p is None:
             out.copy_(self.on_logits)
             return
-        # d log p_y / dz = onehot - p, and d/dp_c = g_c gives dz_c = p_c (g_c - sum_j p_j g_j).
+        # d log p_y / dz = onehot - p, and d/dp_c = g_c gives dz_c = p_c (g_c - sum_j p_j g_j);
+        # d/dz_j of sum_c a_c log p_c is a_j - p_j sum_c a_c.
         k = self.on_log_p_true
         if k is None:
             k = torch.zeros_like(chunk.log_p_true)
         on_true, per_pixel, p = k, -k, chunk.p
+        if self.on_log_p is not None:
+            per_pixel = per_pixel - self.on_log_p.sum() * chunk.valid_float
         if self.on_prob is None:
             torch.mul(p, per_pixel.unsqueeze(1), out=out)
         else:
@@ -167,6 +176,8 @@ class GradParts:
             out.addcmul_(p, per_pixel.unsqueeze(1))
             if not chunk.all_valid:  # k and on_true are 0 at ignored pixels already; the rest is not
                 out.mul_(chunk.valid_float.unsqueeze(1))
+        if self.on_log_p is not None:
+            out.addcmul_(self.on_log_p.view(1, -1, 1), chunk.valid_float.unsqueeze(1))
         out.scatter_add_(1, chunk.labels.unsqueeze(1), on_true.unsqueeze(1))
         if self.on_logits is not None:
             out.add_(self.on_logits)

@@ -1,7 +1,8 @@
-"""The fused forms of CE, focal (softmax and sigmoid, BCE = sigmoid with gamma 0) and Dice.
+"""The fused forms of CE, focal (softmax and sigmoid, BCE = sigmoid with gamma 0), Dice and Tversky.
 
 Each gives the same value and gradient as its plain module (tests/test_losses.py compares them);
-the maths and its semantics are documented in the plain module's file (ce.py, focal.py, dice.py).
+the maths and its semantics are documented in the plain module's file (ce.py, focal.py, dice.py,
+tversky.py).
 """
 
 from __future__ import annotations
@@ -40,25 +41,42 @@ def focal_dlogp(log_p: Tensor, one_minus_p: Tensor, gamma: float) -> Tensor:
 
 @dataclass(frozen=True)
 class CETerm(FusedTerm):
-    """`sum w_y * -log p_y`, divided by `sum w_y` when `normalize` (0 when no pixel is valid)."""
+    """`sum w_y * -log p_y`, divided by `sum w_y` when `normalize` (0 when no pixel is valid).
+
+    With `label_smoothing=eps` each valid pixel gives `(1 - eps) w_y (-log p_y) + eps / C sum_c
+    w_c (-log p_c)`, divided by the same `sum w_y` (torch's normalisation).
+    """
 
     normalize: bool = True
+    label_smoothing: float = 0.0
 
     def chunk_stats(self, chunk: Chunk) -> Tensor:
-        """Sum of `w_y * -log p_y` over the chunk's valid pixels."""
-        return -torch.dot(chunk.weight_true.reshape(-1), chunk.log_p_true.reshape(-1)).reshape(1)
+        """Sum of `w_y * -log p_y` over the chunk's valid pixels, then (smoothing) of `sum_c w_c -log p_c`."""
+        true_class = -torch.dot(chunk.weight_true.reshape(-1), chunk.log_p_true.reshape(-1))
+        if self.label_smoothing == 0:
+            return true_class.reshape(1)
+        every_class = -torch.einsum("bcl,c->bl", chunk.log_p, chunk.batch.weight)
+        # masked, not multiplied: an ignored pixel's log p may be anything, even -inf
+        return torch.stack([true_class, every_class.masked_fill(~chunk.valid, 0).sum()])
 
     def _normaliser(self, batch: Batch) -> Tensor:
         return batch.weight_sum_valid if self.normalize else torch.ones((), dtype=torch.float64)
 
     def value(self, stats: Tensor, batch: Batch) -> Tensor:
         """Divide by `sum w_y`, as torch's weighted mean does (or keep the sum)."""
-        return safe_div(stats[0], self._normaliser(batch))
+        total = stats[0]
+        if self.label_smoothing:
+            eps = self.label_smoothing
+            total = (1 - eps) * stats[0] + eps / batch.weight.numel() * stats[1]
+        return safe_div(total, self._normaliser(batch))
 
     def chunk_grad(self, chunk: Chunk, stats: Tensor, grad_out: Tensor, parts: GradParts) -> None:
-        """d/d log p_y = -w_y / sum w_y (or -w_y)."""
+        """d/d log p_y = -(1 - eps) w_y / sum w_y, and d/d log p_c = -eps / C w_c / sum w_y (or no division)."""
         scale = safe_div(grad_out, self._normaliser(chunk.batch)).to(chunk.logits.dtype)
-        parts.add_log_p_true(-scale * chunk.weight_true)
+        eps = self.label_smoothing
+        parts.add_log_p_true(-scale * (1 - eps) * chunk.weight_true)
+        if eps:
+            parts.add_log_p(-scale * eps / chunk.logits.shape[1] * chunk.batch.weight)
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,22 @@ class FocalTerm(FusedTerm):
         parts.add_logits(torch.where(chunk.onehot, grad, -grad))
 
 
+def soft_overlap(chunk: Chunk) -> Tensor:
+    """`tp_c = sum p_c [y = c]` and `P_c = sum p_c` over the chunk's valid pixels, concatenated `(2C,)`."""
+    valid = chunk.valid_float
+    tp = torch.zeros(chunk.logits.shape[1], dtype=chunk.logits.dtype, device=chunk.logits.device)
+    tp.index_add_(0, chunk.labels.reshape(-1), (chunk.p_true * valid).reshape(-1))
+    return torch.cat([tp, torch.einsum("bcl,bl->c", chunk.p, valid)])
+
+
+def weights_in_k(batch: Batch, classes: str) -> tuple[Tensor, Tensor]:
+    """Class weights restricted to K (present classes, or all) and their sum, 0 with no valid pixel."""
+    weights = batch.weight.double()
+    if classes == "present":
+        weights = weights * (batch.counts > 0)
+    return weights, torch.where(batch.num_valid > 0, weights.sum(), 0.0)
+
+
 @dataclass(frozen=True)
 class DiceTerm(FusedTerm):
     """F-beta Dice over classes K: those present in the batch's valid targets, or all."""
@@ -135,10 +169,7 @@ class DiceTerm(FusedTerm):
 
     def chunk_stats(self, chunk: Chunk) -> Tensor:
         """`tp` and `P` per class, concatenated `(2C,)`."""
-        valid = chunk.valid_float
-        tp = torch.zeros(chunk.logits.shape[1], dtype=chunk.logits.dtype, device=chunk.logits.device)
-        tp.index_add_(0, chunk.labels.reshape(-1), (chunk.p_true * valid).reshape(-1))
-        return torch.cat([tp, torch.einsum("bcl,bl->c", chunk.p, valid)])
+        return soft_overlap(chunk)
 
     def _parts(self, stats: Tensor, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Numerator, denominator, class weights restricted to K, and their sum (float64)."""
@@ -146,11 +177,7 @@ class DiceTerm(FusedTerm):
         b2 = self.beta**2
         num = (1 + b2) * tp + self.smooth
         den = b2 * batch.counts + prob_sum + self.smooth
-        weights = batch.weight.double()
-        if self.classes == "present":
-            weights = weights * (batch.counts > 0)
-        weight_sum = torch.where(batch.num_valid > 0, weights.sum(), 0.0)
-        return num, den, weights, weight_sum
+        return num, den, *weights_in_k(batch, self.classes)
 
     def value(self, stats: Tensor, batch: Batch) -> Tensor:
         """`1 - weighted mean score over K`; exactly 0 when no pixel is valid."""
@@ -165,4 +192,55 @@ class DiceTerm(FusedTerm):
         scale = safe_div(grad_out, weight_sum)
         d_tp = -scale * weights * (1 + self.beta**2) / safe_den
         d_prob = scale * weights * num / safe_den**2
+        parts.add_prob(d_prob.to(chunk.logits.dtype), d_tp.to(chunk.logits.dtype))
+
+
+def focal_power(one_minus_index: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    """`(1 - TI)^gamma` and its derivative in TI, both 0 where `1 - TI <= 0` (TI = 1 is the minimum)."""
+    positive = one_minus_index > 0
+    base = torch.where(positive, one_minus_index, 1.0)  # pow's gradient at 0 is inf for gamma < 1
+    value = torch.where(positive, base.pow(gamma), 0.0)
+    slope = torch.where(positive, -gamma * base.pow(gamma - 1), 0.0)
+    return value, slope
+
+
+@dataclass(frozen=True)
+class TverskyTerm(FusedTerm):
+    """(Focal) Tversky over classes K; Dice's sums, with `fp = P - tp` and `fn = n - tp`."""
+
+    alpha: float = 0.3
+    beta: float = 0.7
+    gamma: float = 1.0
+    smooth: float = 1e-5
+    classes: str = "present"
+
+    def chunk_stats(self, chunk: Chunk) -> Tensor:
+        """`tp` and `P` per class, concatenated `(2C,)`."""
+        return soft_overlap(chunk)
+
+    def _index(self, stats: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Numerator `tp + s` and denominator `tp + alpha fp + beta fn + s` of TI, float64 `(C,)`."""
+        tp, prob_sum = stats.chunk(2)
+        num = tp + self.smooth
+        den = (1 - self.alpha - self.beta) * tp + self.alpha * prob_sum + self.beta * batch.counts
+        return num, den + self.smooth
+
+    def value(self, stats: Tensor, batch: Batch) -> Tensor:
+        """Weighted mean of `(1 - TI)^gamma` over K; exactly 0 when no pixel is valid."""
+        num, den = self._index(stats, batch)
+        per_class, _ = focal_power(1 - safe_div(num, den), self.gamma)
+        weights, weight_sum = weights_in_k(batch, self.classes)
+        return safe_div((weights * per_class).sum(), weight_sum)
+
+    def chunk_grad(self, chunk: Chunk, stats: Tensor, grad_out: Tensor, parts: GradParts) -> None:
+        """Coefficients on `P_c` (every valid pixel) and on `tp` (the true class), by the chain rule."""
+        num, den = self._index(stats, chunk.batch)
+        _, slope = focal_power(1 - safe_div(num, den), self.gamma)
+        weights, weight_sum = weights_in_k(chunk.batch, self.classes)
+        defined = den > 0  # TI is taken as 0 where its denominator is 0, a constant
+        on_index = safe_div(grad_out, weight_sum) * weights * slope * defined
+        safe_den = torch.where(defined, den, 1.0)
+        # TI = num / den with d num / d tp = 1, d den / d tp = 1 - alpha - beta, d den / d P = alpha
+        d_tp = on_index * (den - num * (1 - self.alpha - self.beta)) / safe_den**2
+        d_prob = -on_index * num * self.alpha / safe_den**2
         parts.add_prob(d_prob.to(chunk.logits.dtype), d_tp.to(chunk.logits.dtype))
