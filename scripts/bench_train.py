@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +53,41 @@ class InMemoryData(L.LightningDataModule):
         return DataLoader(self.batches, batch_size=None, shuffle=False)
 
 
+@dataclass
+class StepTimes:
+    """Seconds of one run's warm-up steps (a compiled model compiles in them) and of its timed steps."""
+
+    warmup_s: float
+    timed_s: float
+    timed_images: int
+
+    @property
+    def images_per_s(self) -> float:
+        """Throughput over the timed (post-warm-up) steps."""
+        return self.timed_images / self.timed_s
+
+
+@dataclass
+class Measurement:
+    """One path's run: its step times and the peak GPU memory it allocated (None on CPU)."""
+
+    times: StepTimes
+    peak_gib: float | None
+
+
 class StepTimer(L.Callback):
-    """Wall time of the training steps after the warm-up (CUDA-synchronised)."""
+    """Wall time of the warm-up steps and of the steps after them (CUDA-synchronised)."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
-        self.start = self.end = 0.0
+        self.first = self.start = self.end = 0.0
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        """Start the clock at the first timed step."""
+        """Start the clocks at the first step and at the first timed step."""
+        if batch_idx == 0:
+            self.first = now(pl_module.device)
         if batch_idx == self.warmup:
             self.start = now(pl_module.device)
 
@@ -108,11 +134,18 @@ def compose_run(width: float, num_classes: int) -> Any:
 
 
 def lightning_run(
-    cfg: Any, model: nn.Module, batches: list, warmup: int, precision: str, channels_last: bool
-) -> float:
-    """Images/s of the timed steps of trainer.fit on the module train.py builds."""
+    cfg: Any,
+    model: nn.Module,
+    batches: list,
+    warmup: int,
+    precision: str,
+    channels_last: bool,
+    compile: bool = False,
+) -> StepTimes:
+    """Step times of trainer.fit on the module train.py builds (`module.compile` as given)."""
     cfg = copy.deepcopy(cfg)
     cfg.module.channels_last = channels_last
+    cfg.module.compile = compile
     module = build_module(cfg, model, build_loss(cfg.loss))
     timer = StepTimer(warmup)
     trainer = L.Trainer(
@@ -121,24 +154,32 @@ def lightning_run(
         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
     )  # fmt: skip
     trainer.fit(module, datamodule=InMemoryData(batches))
-    return images_per_s(batches, warmup, timer.end - timer.start)
+    return step_times(batches, warmup, timer.first, timer.start, timer.end)
 
 
 def bare_run(
-    cfg: Any, model: nn.Module, batches: list, warmup: int, precision: str, channels_last: bool
-) -> float:
-    """Images/s of the same steps in a plain loop: forward, loss, backward, AdamW, poly LR."""
+    cfg: Any,
+    model: nn.Module,
+    batches: list,
+    warmup: int,
+    precision: str,
+    channels_last: bool,
+    compile: bool = False,
+) -> StepTimes:
+    """Step times of the same steps in a plain loop: forward, loss, backward, AdamW, poly LR."""
     device = batches[0]["image"].device
     model = model.to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model.compile()  # as SegmentationModule does with module.compile=true
     loss_fn = build_loss(cfg.loss).to(device)
     optimizer = hydra.utils.instantiate(cfg.optim)(
         params=[p for p in model.parameters() if p.requires_grad]
     )
     poly = build_schedule(hydra.utils.instantiate(cfg.module.scheduler), optimizer, len(batches))
     dtype = torch.bfloat16 if precision == "bf16-mixed" else None
-    start = 0.0
+    first = start = now(device)
     for step, batch in enumerate(batches):
         if step == warmup:
             start = now(device)
@@ -155,12 +196,29 @@ def bare_run(
         optimizer.step()
         poly.step()
         del out, loss  # as Lightning does: nothing of this step outlives it
-    return images_per_s(batches, warmup, now(device) - start)
+    return step_times(batches, warmup, first, start, now(device))
 
 
-def images_per_s(batches: list, warmup: int, seconds: float) -> float:
-    """Throughput over the timed (post-warm-up) batches."""
-    return sum(b["image"].shape[0] for b in batches[warmup:]) / seconds
+def step_times(batches: list, warmup: int, first: float, start: float, end: float) -> StepTimes:
+    """StepTimes from the clock at the first step, the first timed step and the end."""
+    images = sum(b["image"].shape[0] for b in batches[warmup:])
+    return StepTimes(warmup_s=start - first, timed_s=end - start, timed_images=images)
+
+
+PATHS: dict[str, Callable[..., StepTimes]] = {"bare": bare_run, "lightning": lightning_run}
+
+
+def measure(
+    path: str, cfg: Any, template: nn.Module, batches: list, warmup: int, **mode: Any
+) -> Measurement:
+    """One run of `path` (bare | lightning) from a copy of `template`, with its peak GPU memory."""
+    gc.collect()  # a previous run's Trainer holds its module in reference cycles: free it first
+    on_gpu = batches[0]["image"].is_cuda
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    times = PATHS[path](cfg, copy.deepcopy(template), batches, warmup, **mode)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None
+    return Measurement(times, peak)
 
 
 def compare(
@@ -169,15 +227,13 @@ def compare(
     """Alternate both paths `repeats` times from the same initial weights; medians and peak memory."""
     runs: dict[str, list[float]] = {"bare": [], "lightning": []}
     peak: dict[str, float] = {}
-    paths: dict[str, Callable[..., float]] = {"bare": bare_run, "lightning": lightning_run}
     for repeat in range(args.repeats):
-        order = list(paths.items())
-        for name, run in order if repeat % 2 == 0 else order[::-1]:  # neither path always first
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-            runs[name].append(run(cfg, copy.deepcopy(template), batches, args.warmup, **mode))
-            if batches[0]["image"].is_cuda:
-                peak[name] = max(peak.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
+        order = list(PATHS) if repeat % 2 == 0 else list(PATHS)[::-1]  # neither path always first
+        for name in order:
+            result = measure(name, cfg, template, batches, args.warmup, **mode)
+            runs[name].append(result.times.images_per_s)
+            if result.peak_gib is not None:
+                peak[name] = max(peak.get(name, 0.0), result.peak_gib)
     return {name: statistics.median(values) for name, values in runs.items()} | {"peak": peak}
 
 
