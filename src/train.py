@@ -21,6 +21,7 @@ from omegaconf import DictConfig  # noqa: E402
 from src.utils import ddp  # noqa: E402
 from src.utils.build import build_run  # noqa: E402
 from src.utils.checkpoint import verify_checkpoint  # noqa: E402
+from src.utils.config_tree import TREE_FILE, print_config_tree  # noqa: E402
 from src.utils.errors import exit_on_user_error  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # a missing or unsafe checkpoint fails now, and its payload never runs
     verify_checkpoint(cfg.get("ckpt_path"))
     L.seed_everything(cfg.seed, workers=True)
+    print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / TREE_FILE)
     run = build_run(cfg)
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = {k: float(v) for k, v in run.trainer.callback_metrics.items() if v.numel() == 1}
