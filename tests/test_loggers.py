@@ -13,13 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from lightning_utilities.core.imports import RequirementCache
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from src.callbacks.image_logger import CONFUSION_TAG, GRID_TAG, mlflow_artifact_path
 from src.train import train
+from src.utils.build import build_loggers
 from src.utils.config_tree import TREE_FILE
+from src.utils.errors import UserError
 from src.utils.hparams import mlflow_key, mlflow_params
 
 EPOCHS = 2  # debug=smoke: one validation per epoch
@@ -203,3 +206,18 @@ def test_mlflow_params_are_flat_valid_and_text() -> None:
     assert params["odd keys/x_1"] == "None" and params["odd keys"] == "[1, 2]"
     for key in params:  # MLflow's rule: these characters, at most 250, and a name that is its own path
         assert re.fullmatch(r"[\w\-./ ]{1,250}", key) and posixpath.normpath(key) == key, key
+
+
+@pytest.mark.parametrize(
+    ("logger", "availability"),
+    [
+        ("mlflow", "lightning.pytorch.loggers.mlflow._MLFLOW_AVAILABLE"),
+        ("wandb", "lightning.pytorch.loggers.wandb._WANDB_AVAILABLE"),
+    ],
+)
+def test_a_missing_logger_package_names_the_extra(
+    smoke_cfg, monkeypatch: pytest.MonkeyPatch, logger: str, availability: str
+) -> None:
+    monkeypatch.setattr(availability, RequirementCache("seglab-test-absent-package>=1"))
+    with pytest.raises(UserError, match=rf"logger\.{logger} needs seglab's '{logger}' extra.*pip install -e '\.\[{logger}\]'"):
+        build_loggers(smoke_cfg(f"logger={logger}").logger)
