@@ -131,8 +131,7 @@ def tensorboard_hparams(event_dir: Path) -> dict[str, object]:
     acc.Reload()
     content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
-    return {key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
-            for key, value in info.hparams.items()}
+    return {key: getattr(value, value.WhichOneof("kind")) for key, value in info.hparams.items()}
 
 
 def test_many_logs_to_tensorboard_csv_and_mlflow_alike(smoke_cfg) -> None:
