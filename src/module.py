@@ -16,12 +16,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.optim.lr_scheduler import PolynomialLR
 
 from src.metrics import SegmentationMetrics
 from src.utils.errors import UserError
+from src.utils.hparams import log_run_config
 
 log = logging.getLogger(__name__)
 
@@ -248,12 +248,8 @@ class SegmentationModule(L.LightningModule):
             self.log("hp/val_mIoU_best", self.best_miou)
 
     def on_fit_start(self) -> None:
-        """Log the run's hyper-parameters with a real metric, so TensorBoard's HPARAMS tab compares jobs."""
-        params = dict(self.hparams.get("config") or {})
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                # Lightning's default writes hp_metric=-1 forever (Lightning #12494): register ours instead.
-                logger.log_hyperparams(params, {"hp/val_mIoU_best": 0.0})
+        """Log the run's config to every logger; TensorBoard's HPARAMS tab compares jobs on hp/val_mIoU_best."""
+        log_run_config(self.loggers, self.hparams.get("config") or {}, {"hp/val_mIoU_best": 0.0})
 
     def configure_optimizers(self) -> dict[str, Any]:
         """The configured optimiser, and the LR schedule stepped every iteration."""

@@ -21,6 +21,7 @@ from omegaconf import DictConfig  # noqa: E402
 from src.utils import ddp  # noqa: E402
 from src.utils.build import build_run, plain_config  # noqa: E402
 from src.utils.checkpoint import load_checkpoint  # noqa: E402
+from src.utils.config_tree import TREE_FILE, print_config_tree  # noqa: E402
 from src.utils.errors import UserError, exit_on_user_error  # noqa: E402
 from src.utils.run_guard import LAST, check_resume_config, resume_checkpoint  # noqa: E402
 
@@ -49,6 +50,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model; return the final logged metrics."""
     checkpoint, start_step = checkpoint_to_resume(cfg)
     L.seed_everything(cfg.seed, workers=True)
+    print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / TREE_FILE)
     run = build_run(cfg)
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=checkpoint, weights_only=True)
     if checkpoint is not None and run.trainer.global_step == start_step:

@@ -1,18 +1,21 @@
-"""Lightning callback: each validation epoch, show TensorBoard what the model predicts.
+"""Lightning callback: each validation epoch, show every logger that takes images what the model predicts.
 
 Logs a grid of a fixed set of validation samples (image, ground truth, prediction in palette
-colours) and the row-normalised confusion matrix of the epoch as images. Per-class IoU and the
-learning rate are scalars logged by the module and LearningRateMonitor.
+colours) and the row-normalised confusion matrix of the epoch as images: to TensorBoard as images at
+the step of the epoch's scalars, to MLflow as artifacts `val/samples/epoch_003.png` (and
+`val/confusion_matrix/...`), to W&B as images. CSV takes none. Per-class IoU and the learning rate are
+scalars logged by the module and LearningRateMonitor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
 from src.data.palette import colour_table
 from src.data.transforms import denormalize, padded_size
@@ -21,9 +24,49 @@ from src.visualization import confusion_matrix_image, sample_grid
 GRID_TAG = "val/samples"
 CONFUSION_TAG = "val/confusion_matrix"
 
+# (logger, tag, RGB image H x W x 3 uint8, step, epoch)
+ImageWriter = Callable[[Any, str, np.ndarray, int, int], None]
+
+
+def mlflow_artifact_path(tag: str, epoch: int) -> str:
+    """Where an epoch's image lies among the run's MLflow artifacts: `val/samples/epoch_003.png`."""
+    return f"{tag}/epoch_{epoch:03d}.png"
+
+
+def to_tensorboard(logger: TensorBoardLogger, tag: str, image: np.ndarray, step: int, epoch: int) -> None:
+    """An image at `step`, beside the epoch's val scalars."""
+    logger.experiment.add_image(tag, image, step, dataformats="HWC")
+
+
+def to_mlflow(logger: MLFlowLogger, tag: str, image: np.ndarray, step: int, epoch: int) -> None:
+    """A PNG artifact per epoch."""
+    logger.experiment.log_image(logger.run_id, image, artifact_file=mlflow_artifact_path(tag, epoch))
+
+
+def to_wandb(logger: WandbLogger, tag: str, image: np.ndarray, step: int, epoch: int) -> None:
+    """A W&B image under `tag`, at the trainer step of the epoch's val scalars."""
+    logger.log_image(key=tag, images=[image], step=step)
+
+
+IMAGE_WRITERS: tuple[tuple[type[Logger], ImageWriter], ...] = (
+    (TensorBoardLogger, to_tensorboard),
+    (MLFlowLogger, to_mlflow),
+    (WandbLogger, to_wandb),
+)
+
+
+def image_writers(loggers: Sequence[Logger]) -> list[tuple[Logger, ImageWriter]]:
+    """The loggers that take images, each with the function that sends one to it."""
+    return [
+        (logger, writer)
+        for logger in loggers
+        for kind, writer in IMAGE_WRITERS
+        if isinstance(logger, kind)
+    ]
+
 
 class SegmentationImageLogger(L.Callback):
-    """Logs `val/samples` (first `num_samples` validation images) and `val/confusion_matrix` to TensorBoard."""
+    """Logs `val/samples` (first `num_samples` validation images) and `val/confusion_matrix` to every image logger."""
 
     def __init__(
         self,
@@ -74,8 +117,8 @@ class SegmentationImageLogger(L.Callback):
         """Draw and log both images (rank 0; after the module has computed the epoch's metrics)."""
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not loggers:
+        writers = image_writers(trainer.loggers)
+        if not writers:
             return
         images = {}
         if self.samples:
@@ -84,11 +127,11 @@ class SegmentationImageLogger(L.Callback):
         names = getattr(pl_module, "class_names", None)
         if confmat is not None and names is not None:
             images[CONFUSION_TAG] = confusion_matrix_image(confmat, names)
-        # The step Lightning gives this epoch's val/* scalars, so images and numbers line up in TensorBoard.
+        # The step Lightning gives this epoch's val/* scalars, so images and numbers line up.
         step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
-        for logger in loggers:
+        for logger, write in writers:
             for tag, image in images.items():
-                logger.experiment.add_image(tag, image, step, dataformats="HWC")
+                write(logger, tag, image, step, trainer.current_epoch)
 
     @torch.no_grad()
     def grid(self, pl_module: L.LightningModule) -> Any:

@@ -22,12 +22,17 @@ from torch import nn
 from src.losses.common import LossConfigError, as_class_weights
 from src.losses.composite import CompositeLoss
 from src.models.complexity import complexity_summary
-from src.utils.errors import find_user_error
+from src.utils.errors import UserError, find_user_error
 
 log = logging.getLogger(__name__)
 
 # Arguments every loss term may take from the composite (a term receives those its signature names).
 SHARED_LOSS_ARGS = ("ignore_index", "num_classes", "class_weights")
+# Loggers whose package is an optional extra of seglab (pyproject.toml), by `_target_`.
+LOGGER_EXTRAS = {
+    "lightning.pytorch.loggers.MLFlowLogger": "mlflow",
+    "lightning.pytorch.loggers.WandbLogger": "wandb",
+}
 
 
 @dataclass
@@ -173,12 +178,37 @@ def build_callbacks(callbacks_cfg: DictConfig | None) -> list[L.Callback]:
     ]
 
 
+def _missing_module(err: BaseException | None) -> ModuleNotFoundError | None:
+    """The ModuleNotFoundError behind `err` (Hydra's instantiate wraps what a constructor raises)."""
+    while err is not None and not isinstance(err, ModuleNotFoundError):
+        err = err.__cause__
+    return err
+
+
+def build_logger(name: str, spec: DictConfig) -> Any:
+    """Instantiate `logger.<name>`; a logger whose optional package is missing says which extra to install."""
+    try:
+        return hydra.utils.instantiate(spec)
+    except Exception as err:
+        missing = _missing_module(err)
+        if missing is None:
+            raise
+        extra = LOGGER_EXTRAS.get(str(spec._target_))
+        if extra is None:
+            raise UserError(f"logger.{name} ({spec._target_}) cannot start: {missing}") from None
+        raise UserError(
+            f"logger.{name} needs seglab's '{extra}' extra, which is not installed: pip install -e '.[{extra}]'"
+        ) from None
+
+
 def build_loggers(logger_cfg: DictConfig | None) -> list[Any]:
     """Instantiate every logger of the `logger` group."""
     if not logger_cfg:
         return []
     return [
-        hydra.utils.instantiate(lg) for lg in logger_cfg.values() if lg is not None and "_target_" in lg
+        build_logger(str(name), lg)
+        for name, lg in logger_cfg.items()
+        if lg is not None and "_target_" in lg
     ]
 
 
