@@ -15,22 +15,19 @@ from src.losses.focal import FocalLoss
 from src.losses.fused import fused_terms
 from src.utils.build import composite_loss
 from src.utils.errors import UserError
+from tests.helpers.loss_checks import (  # noqa: F401 (one_thread: autouse fixture)
+    check_all_ignored_is_zero,
+    check_bf16,
+    check_ignored_pixels_change_nothing,
+    one_thread,
+    preset,
+)
 from tests.helpers.loss_reference import II, make_case, ref_dice, rel_err
-from tests.test_losses import preset
 
 C = 5
 WEIGHTS = [0.5, 2.0, 1.0, 0.25, 3.0]
 SHAPES = {"4d": (2, C, 5, 7), "5d": (2, C, 3, 4, 5)}
 EPS = 0.1
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: OpenMP start-up dominates torch's parallel kernels on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def ref_smoothed_ce(logits, target, eps, weight=None, normalize=True) -> float:
@@ -148,47 +145,19 @@ def test_fused_and_plain_agree_in_value_and_gradient(name: str) -> None:
 @pytest.mark.parametrize("path", ["fused", "plain"])
 def test_logits_at_ignored_pixels_change_nothing(path: str) -> None:
     loss = preset_loss("ce", path)
-    logits, target = make_case((2, C, 9, 10), seed=9, dtype=torch.float64)
-    ignored = (target == II).unsqueeze(1).expand_as(logits)
-    changed = logits.clone()
-    changed[ignored] = 50 * torch.randn(int(ignored.sum()), dtype=torch.float64)
-    grads, values = [], []
-    for x in (logits.clone().requires_grad_(), changed.requires_grad_()):
-        value = loss(x, target)
-        value.backward()
-        values.append(value.detach())
-        grads.append(x.grad)
-    torch.testing.assert_close(values[0], values[1], rtol=1e-13, atol=0)
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-16)
-    assert torch.count_nonzero(grads[0][ignored]) == 0
+    check_ignored_pixels_change_nothing(loss)
 
 
 @pytest.mark.parametrize("path", ["fused", "plain"])
 def test_all_ignored_batch_is_exactly_zero(path: str) -> None:
     loss = preset_loss("ce", path)
-    logits = torch.randn(2, C, 8, 8, requires_grad=True)
-    value = loss(logits, torch.full((2, 8, 8), II))
-    value.backward()
-    assert value.item() == 0.0  # F.cross_entropy gives NaN here (0 / 0)
-    assert torch.count_nonzero(logits.grad) == 0 and not torch.isnan(logits.grad).any()
+    check_all_ignored_is_zero(loss)
 
 
 @pytest.mark.parametrize("path", ["fused", "plain"])
 def test_bf16_logits_are_finite_and_close_to_fp32(path: str) -> None:
     loss = preset_loss("ce", path)
-    logits, target = make_case((2, C, 32, 32), seed=10)
-    x16 = logits.bfloat16().requires_grad_()
-    v16 = loss(x16, target)
-    v16.backward()
-    v16 = v16.detach()
-    assert torch.isfinite(v16) and abs(float(v16) - float(loss(logits, target))) <= 1e-2
-    assert x16.grad.dtype == torch.bfloat16 and torch.isfinite(x16.grad).all()
-    # fp32 accumulation: bf16 logits give what fp32 gives on the same (rounded) values
-    assert rel_err(float(v16), float(loss(x16.detach().float(), target))) <= 1e-6
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # the composite sums outside autocast
-        under_autocast = loss(logits, target)
-    assert under_autocast.dtype == torch.float32
-    assert rel_err(float(under_autocast), float(loss(logits, target))) <= 1e-6
+    check_bf16(loss)
 
 
 def test_default_is_no_smoothing() -> None:

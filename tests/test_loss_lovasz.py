@@ -16,22 +16,13 @@ from src.losses.ce import ce_loss
 from src.losses.lovasz import LovaszLoss, lovasz_loss
 from src.utils.build import composite_loss
 from src.utils.errors import UserError, find_user_error
+from tests.helpers.loss_checks import check_all_ignored_is_zero, check_bf16, one_thread, preset  # noqa: F401 (one_thread: autouse fixture)
 from tests.helpers.loss_reference import II, make_case, ref_ce, rel_err
-from tests.test_losses import preset
 
 ROOT = Path(__file__).resolve().parents[1]
 C = 5
 WEIGHTS = [0.5, 2.0, 1.0, 0.25, 3.0]
 SHAPES = {"4d": (2, C, 5, 7), "5d": (2, C, 3, 4, 5)}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: OpenMP start-up dominates torch's parallel kernels on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def softmax_rows(logits, target) -> list[list[tuple[list[float], int]]]:
@@ -199,29 +190,13 @@ def test_fused_true_names_the_term_without_a_fused_form() -> None:
 def test_all_ignored_batch_is_exactly_zero(name: str) -> None:
     for per_image in (False, True):
         loss = instantiate(preset(name, class_weights=WEIGHTS, lovasz={"per_image": per_image}))
-        logits = torch.randn(2, C, 8, 8, requires_grad=True)
-        value = loss(logits, torch.full((2, 8, 8), II))
-        value.backward()
-        assert value.item() == 0.0 and all(v.item() == 0.0 for v in loss.last_terms.values())
-        assert torch.count_nonzero(logits.grad) == 0 and not torch.isnan(logits.grad).any()
+        check_all_ignored_is_zero(loss)
 
 
 @pytest.mark.parametrize("name", ["lovasz", "ce_lovasz"])
 def test_bf16_logits_are_finite_and_close_to_fp32(name: str) -> None:
     loss = instantiate(preset(name, class_weights=WEIGHTS))
-    logits, target = make_case((2, C, 32, 32), seed=10)
-    x16 = logits.bfloat16().requires_grad_()
-    v16 = loss(x16, target)
-    v16.backward()
-    v16 = v16.detach()
-    assert torch.isfinite(v16) and abs(float(v16) - float(loss(logits, target))) <= 1e-2
-    assert x16.grad.dtype == torch.bfloat16 and torch.isfinite(x16.grad).all()
-    # fp32 accumulation: bf16 logits give what fp32 gives on the same (rounded) values
-    assert rel_err(float(v16), float(loss(x16.detach().float(), target))) <= 1e-6
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # the composite sums outside autocast
-        under_autocast = loss(logits, target)
-    assert under_autocast.dtype == torch.float32
-    assert rel_err(float(under_autocast), float(loss(logits, target))) <= 1e-6
+    check_bf16(loss)
 
 
 def test_config_keys_and_defaults() -> None:

@@ -13,8 +13,8 @@ from src.losses.ce import ce_loss
 from src.losses.ohem import OHEMLoss, hard_pixels, ohem_loss
 from src.utils.build import composite_loss
 from src.utils.errors import UserError
+from tests.helpers.loss_checks import check_all_ignored_is_zero, check_bf16, one_thread, preset  # noqa: F401 (one_thread: autouse fixture)
 from tests.helpers.loss_reference import II, make_case, rel_err
-from tests.test_losses import preset
 
 C = 5
 WEIGHTS = [0.5, 2.0, 1.0, 0.25, 3.0]
@@ -22,15 +22,6 @@ SHAPES = {"4d": (2, C, 5, 7), "5d": (2, C, 3, 4, 5)}
 # (thresh, min_kept): the default keeps all but the most confident pixel of a small batch; the
 # others keep by threshold, by rank (thresh 0), or everything below probability 1
 SELECTIONS = {"default": (0.7, 100000), "thresh": (0.3, 5), "rank": (0.0, 3), "all": (1.0, 0)}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: OpenMP start-up dominates torch's parallel kernels on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def true_class_probabilities(logits, target) -> list[tuple[float, int]]:
@@ -130,28 +121,12 @@ def test_nothing_kept_is_exactly_zero() -> None:
 def test_all_ignored_batch_is_exactly_zero() -> None:
     loss = instantiate(preset("ohem", class_weights=WEIGHTS))
     assert not loss.is_fused and loss.term_names == ["ohem"]
-    logits = torch.randn(2, C, 8, 8, requires_grad=True)
-    value = loss(logits, torch.full((2, 8, 8), II))
-    value.backward()
-    assert value.item() == 0.0 and loss.last_terms["ohem"].item() == 0.0
-    assert torch.count_nonzero(logits.grad) == 0 and not torch.isnan(logits.grad).any()
+    check_all_ignored_is_zero(loss)
 
 
 def test_bf16_logits_are_finite_and_close_to_fp32() -> None:
     loss = instantiate(preset("ohem", class_weights=WEIGHTS))
-    logits, target = make_case((2, C, 32, 32), seed=10)
-    x16 = logits.bfloat16().requires_grad_()
-    v16 = loss(x16, target)
-    v16.backward()
-    v16 = v16.detach()
-    assert torch.isfinite(v16) and abs(float(v16) - float(loss(logits, target))) <= 1e-2
-    assert x16.grad.dtype == torch.bfloat16 and torch.isfinite(x16.grad).all()
-    # fp32 accumulation: bf16 logits give what fp32 gives on the same (rounded) values
-    assert rel_err(float(v16), float(loss(x16.detach().float(), target))) <= 1e-6
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # the composite sums outside autocast
-        under_autocast = loss(logits, target)
-    assert under_autocast.dtype == torch.float32
-    assert rel_err(float(under_autocast), float(loss(logits, target))) <= 1e-6
+    check_bf16(loss)
 
 
 def test_config_keys_and_defaults() -> None:

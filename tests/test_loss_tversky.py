@@ -18,8 +18,8 @@ from src.losses.tversky import TverskyLoss, tversky_loss
 from src.utils.build import composite_loss
 from src.utils.errors import UserError
 from tests.conftest import SMOKE_DATA
+from tests.helpers.loss_checks import check_all_ignored_is_zero, check_bf16, one_thread, preset  # noqa: F401 (one_thread: autouse fixture)
 from tests.helpers.loss_reference import II, make_case, rel_err
-from tests.test_losses import preset
 
 ROOT = Path(__file__).resolve().parents[1]
 C = 5
@@ -31,15 +31,6 @@ PARAMS = {
     "focal_all": {"alpha": 0.7, "beta": 0.3, "gamma": 0.75, "classes": "all"},
     "focal_g2": {"gamma": 2.0, "smooth": 0.0},
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: OpenMP start-up dominates torch's parallel kernels on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def ref_tversky(
@@ -158,11 +149,7 @@ def test_fused_and_plain_agree_in_value_and_gradient(params: str) -> None:
 @pytest.mark.parametrize("path", ["fused", "plain"])
 def test_all_ignored_batch_is_exactly_zero(path: str) -> None:
     loss = preset_loss(path, tversky={"gamma": 0.5})
-    logits = torch.randn(2, C, 8, 8, requires_grad=True)
-    value = loss(logits, torch.full((2, 8, 8), II))
-    value.backward()
-    assert value.item() == 0.0 and loss.last_terms["tversky"].item() == 0.0
-    assert torch.count_nonzero(logits.grad) == 0 and not torch.isnan(logits.grad).any()
+    check_all_ignored_is_zero(loss)
 
 
 @pytest.mark.parametrize("path", ["fused", "plain"])
@@ -180,19 +167,7 @@ def test_gamma_below_one_has_a_finite_gradient_at_a_perfect_prediction(path: str
 @pytest.mark.parametrize("path", ["fused", "plain"])
 def test_bf16_logits_are_finite_and_close_to_fp32(path: str) -> None:
     loss = preset_loss(path)
-    logits, target = make_case((2, C, 32, 32), seed=10)
-    x16 = logits.bfloat16().requires_grad_()
-    v16 = loss(x16, target)
-    v16.backward()
-    v16 = v16.detach()
-    assert torch.isfinite(v16) and abs(float(v16) - float(loss(logits, target))) <= 1e-2
-    assert x16.grad.dtype == torch.bfloat16 and torch.isfinite(x16.grad).all()
-    # fp32 accumulation: bf16 logits give what fp32 gives on the same (rounded) values
-    assert rel_err(float(v16), float(loss(x16.detach().float(), target))) <= 1e-6
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # the composite sums outside autocast
-        under_autocast = loss(logits, target)
-    assert under_autocast.dtype == torch.float32
-    assert rel_err(float(under_autocast), float(loss(logits, target))) <= 1e-6
+    check_bf16(loss)
 
 
 def test_config_keys_and_defaults() -> None:

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from src.losses import (
     BCELoss,
@@ -27,6 +26,13 @@ from src.losses import (
 from src.losses.fused import fused_terms
 from src.utils.build import composite_loss
 from src.utils.errors import UserError, find_user_error
+from tests.helpers.loss_checks import (  # noqa: F401 (one_thread: autouse fixture)
+    check_all_ignored_is_zero,
+    check_bf16,
+    check_ignored_pixels_change_nothing,
+    one_thread,
+    preset,
+)
 from tests.helpers.loss_reference import (
     II,
     make_case,
@@ -46,34 +52,6 @@ C = 5
 SHAPES = {"4d": (2, C, 6, 7), "5d": (2, C, 3, 4, 5)}
 WEIGHTS = [0.5, 2.0, 1.0, 0.25, 3.0]
 PATHS = ["fused", "plain"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: OpenMP start-up dominates torch's parallel kernels on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@functools.cache
-def composed_loss(name: str) -> dict:
-    """`loss=<name>` as `python src/train.py` composes it (defaults list included), unresolved."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"loss={name}"])
-    GlobalHydra.instance().clear()
-    return OmegaConf.to_container(cfg.loss)
-
-
-def preset(name: str, num_classes: int = C, **loss_overrides) -> dict:
-    """The `loss=<name>` config with the data keys it interpolates, resolved to a plain dict."""
-    cfg = OmegaConf.create({"data": {"num_classes": num_classes, "ignore_index": II}})
-    cfg.loss = composed_loss(name)
-    for key, value in loss_overrides.items():
-        OmegaConf.update(cfg, f"loss.{key}", value, merge=True)
-    return OmegaConf.to_container(cfg.loss, resolve=True)
 
 
 def preset_loss(name: str, path: str = "fused", **overrides) -> CompositeLoss:
@@ -432,50 +410,20 @@ def _named_loss(name: str, path: str) -> CompositeLoss:
 @pytest.mark.parametrize("name", LOSS_IDS)
 def test_logits_at_ignored_pixels_change_nothing(name: str, path: str) -> None:
     loss = _named_loss(name, path)
-    logits, target = make_case((2, C, 9, 10), seed=9, dtype=torch.float64)
-    ignored = (target == II).unsqueeze(1).expand_as(logits)
-    changed = logits.clone()
-    changed[ignored] = 50 * torch.randn(int(ignored.sum()), dtype=torch.float64)
-    grads, values = [], []
-    for x in (logits.clone().requires_grad_(), changed.requires_grad_()):
-        value = loss(x, target)
-        value.backward()
-        values.append(value.detach())
-        grads.append(x.grad)
-    torch.testing.assert_close(values[0], values[1], rtol=1e-13, atol=0)
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-16)
-    assert torch.count_nonzero(grads[0][ignored]) == 0
-    assert torch.count_nonzero(grads[0][~ignored]) > 0
+    check_ignored_pixels_change_nothing(loss)
 
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("resize", [False, True], ids=["same_size", "resized"])
 @pytest.mark.parametrize("name", LOSS_IDS)
 def test_all_ignored_batch_is_exactly_zero(name: str, resize: bool, path: str) -> None:
-    loss = _named_loss(name, path)
-    logits = torch.randn(2, C, 4 if resize else 8, 8, requires_grad=True)
-    target = torch.full((2, 8, 8), II)
-    value = loss(logits, target)
-    value.backward()
-    assert value.item() == 0.0
-    assert all(v.item() == 0.0 for v in loss.last_terms.values())
-    assert torch.count_nonzero(logits.grad) == 0 and not torch.isnan(logits.grad).any()
+    check_all_ignored_is_zero(_named_loss(name, path), size=4 if resize else 8)
 
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", LOSS_IDS)
 def test_bf16_logits_are_finite_and_close_to_fp32(name: str, path: str) -> None:
-    loss = _named_loss(name, path)
-    logits, target = make_case((2, C, 32, 32), seed=10)
-    x16 = logits.bfloat16().requires_grad_()
-    v16 = loss(x16, target)
-    v16.backward()
-    v32 = loss(logits, target)
-    v16 = v16.detach()
-    assert torch.isfinite(v16) and abs(float(v16) - float(v32)) <= 1e-2
-    assert x16.grad.dtype == torch.bfloat16 and torch.isfinite(x16.grad).all()
-    # the fp32 accumulation: bf16 logits give what fp32 gives on the same (rounded) values
-    assert rel_err(float(v16), float(loss(x16.detach().float(), target))) <= 1e-6
+    check_bf16(_named_loss(name, path))
 
 
 @pytest.mark.parametrize("path", PATHS)
