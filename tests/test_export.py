@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from src.utils.errors import UserError
 from tests.conftest import ROOT, SMOKE_DATA, TINY_FCN8S_CFG, compose_config
+from tests.helpers.models import randomize_score_layers
 
 _spec = importlib.util.spec_from_file_location(
     "seglab_export_script", ROOT / "scripts" / "export.py"
@@ -28,7 +29,7 @@ MODEL_CFG = TINY_FCN8S_CFG
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     """A tiny fcn8s checkpoint (random weights, trained-looking BN statistics) whose config names the smoke data."""
     torch.manual_seed(0)
-    model = hydra.utils.instantiate(MODEL_CFG)
+    model = randomize_score_layers(hydra.utils.instantiate(MODEL_CFG))  # untrained, they score 0
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial eval-mode statistics
             module.running_mean.uniform_(-0.5, 0.5)
