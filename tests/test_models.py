@@ -23,6 +23,7 @@ from src.data.synthetic import SyntheticSpec, render_sample
 from src.models.complexity import count_parameters, gflops
 from src.models.upsample import bilinear_kernel, bilinear_upsampling
 from src.utils.errors import UserError
+from tests.helpers.models import randomize_score_layers
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 VGG_PRESETS = ["fcn32s", "fcn16s", "fcn8s", "fcn8s_compact", "fcns"]
@@ -91,7 +92,7 @@ def test_bilinear_upsampling_reproduces_interpolate(factor: int) -> None:
 
 
 def test_fcn32s_output_is_the_bilinear_interpolation_of_its_scores() -> None:
-    model = tiny("fcn32s").eval()
+    model = randomize_score_layers(tiny("fcn32s")).eval()
     x = torch.randn(1, 3, 128, 160)
     with torch.no_grad():
         _, _, scores = model.encode(x)
@@ -157,12 +158,21 @@ def test_torchvision_output_at_voc_size(preset: str) -> None:
 def test_gradients_reach_every_trainable_parameter(preset: str) -> None:
     torch.manual_seed(0)
     model = tiny(preset).train()
-    output = model(torch.randn(2, 3, 64, 64))
-    target = torch.randint(0, 3, (2, 64, 64))
-    loss = F.cross_entropy(logits_of(output), target)
-    if isinstance(output, dict):
-        loss = loss + 0.5 * F.cross_entropy(output["aux"], target)
-    loss.backward()
+    images, target = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
+
+    def backward() -> None:
+        model.zero_grad()
+        output = model(images)
+        loss = F.cross_entropy(logits_of(output), target)
+        if isinstance(output, dict):
+            loss = loss + 0.5 * F.cross_entropy(output["aux"], target)
+        loss.backward()
+
+    # The FCNs' score layers start at zero (the paper's init), so the layers below them get
+    # gradient from the second step on: check the gradients after one update.
+    backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert trainable
     dead = [n for n, p in trainable if p.grad is None or not p.grad.abs().sum() > 0]

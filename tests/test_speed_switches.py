@@ -17,6 +17,7 @@ from omegaconf import open_dict
 
 from src.train import train
 from src.utils.build import build_loss, build_module
+from tests.helpers.models import randomize_score_layers
 
 
 def make_module(cfg, model: torch.nn.Module, **switches) -> L.LightningModule:
@@ -29,7 +30,7 @@ def make_module(cfg, model: torch.nn.Module, **switches) -> L.LightningModule:
 
 def test_channels_last_changes_the_layout_not_the_logits(smoke_cfg) -> None:
     cfg = smoke_cfg()
-    model = hydra.utils.instantiate(cfg.model)
+    model = randomize_score_layers(hydra.utils.instantiate(cfg.model))  # untrained, they score 0
     eager = make_module(cfg, copy.deepcopy(model)).eval()
     fast = make_module(cfg, model, channels_last=True).eval()
     conv = next(m for m in fast.model.modules() if isinstance(m, torch.nn.Conv2d))

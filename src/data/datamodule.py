@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from src.data.dataset import Pairs, SegmentationDataset, SplitListing, Transform
 from src.data.masks import MaskDecoder
 from src.data.samplers import UnpaddedDistributedSampler
-from src.data.sbd import AUG_SPLIT, train_aug_listing
+from src.data.sbd import AUG_SPLIT, SBD_SPLITS, find_sbd_dir, sbd_listing, train_aug_listing
 from src.data.transforms import check_normalization, normalize, pad_collate
-from src.data.voc import find_voc_dir, summarise, voc_listing
+from src.data.voc import find_voc_dir, read_split, summarise, voc_listing
 from src.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -232,6 +232,9 @@ class VOCDataModule(SegDataModule):
     """Pascal VOC (2007 or 2012) from `data.root`, splits from ImageSets/Segmentation.
 
     `use_sbd=true` trains on "train_aug" (VOC train + SBD's SegmentationClassAug, no VOC val image).
+    The splits `sbd_train`/`sbd_val` read SBD as released from `sbd_root` (src/data/sbd.py), and
+    `seg11valid` is the FCN reference's validation set, read from VOC (src/data/voc.py); training
+    on SBD leaves out every image of the validation split.
     """
 
     def __init__(
@@ -241,22 +244,33 @@ class VOCDataModule(SegDataModule):
         use_sbd: bool = False,
         sbd_dir: str = "SegmentationClassAug",
         sbd_list: str | None = None,
+        sbd_root: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(root=root, **kwargs)
         self.year = str(year)
         self.use_sbd, self.sbd_dir, self.sbd_list = bool(use_sbd), sbd_dir, sbd_list
+        self.sbd_root = sbd_root
         self._base_train_split = self.train_split
         if self.use_sbd:
             self.train_split = AUG_SPLIT
 
     def list_split(self, split: str) -> SplitListing:
-        """List a VOC split; 'train_aug' is VOC's train split plus SBD, minus the val split."""
+        """List a VOC or SBD split; 'train_aug' is VOC's train split plus SBD, minus the val split."""
+        if split in SBD_SPLITS:
+            leave_out = self.split_ids(self.val_split) if split != self.val_split else []
+            return sbd_listing(find_sbd_dir(self.sbd_root), SBD_SPLITS[split], leave_out)
         voc_dir = find_voc_dir(self.root, self.year)
         if split == AUG_SPLIT:
             base = self._base_train_split if self._base_train_split != AUG_SPLIT else "train"
             return train_aug_listing(voc_dir, base, self.val_split, self.sbd_dir, self.sbd_list)
         return voc_listing(voc_dir, split)
+
+    def split_ids(self, split: str) -> list[str]:
+        """The image ids a split lists (VOC's, a packaged one like seg11valid, or SBD's)."""
+        if split in SBD_SPLITS:
+            return [image.stem for image, _ in self.split_pairs(split)]
+        return read_split(find_voc_dir(self.root, self.year), split)
 
 
 class SyntheticVOCDataModule(VOCDataModule):

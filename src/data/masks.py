@@ -1,4 +1,4 @@
-"""Mask files -> class indices: palette/grayscale PNGs, RGB colour PNGs, and 0/255 binary masks."""
+"""Mask files -> class indices: palette/grayscale PNGs, RGB colour PNGs, 0/255 binary masks, SBD's .mat."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from src.utils.errors import UserError
 # Modes whose pixel values already are class indices ("1" is a bilevel mask: 0/1).
 INDEX_MODES = ("P", "L", "1", "I", "I;16")
 COLOUR_MODES = ("RGB", "RGBA")
+# SBD as released (Hariharan et al. 2011): benchmark_RELEASE/dataset/cls/<id>.mat, a MATLAB struct
+# `GTcls` whose `Segmentation` field holds the class indices (0..20, no 255 borders).
+MAT_SUFFIX = ".mat"
 
 
 class SampleError(UserError):
@@ -44,7 +47,8 @@ class MaskDecoder:
 
     Palette ("P") and grayscale PNGs hold indices already; an RGB PNG is mapped through `palette`
     (one colour per class; VOC's colours when None) plus `ignore_color` -> ignore_index. With
-    `binary_255`, 255 means class 1 (0/255 masks of two-class data) instead of ignore.
+    `binary_255`, 255 means class 1 (0/255 masks of two-class data) instead of ignore. A `.mat`
+    file is read as SBD's `GTcls.Segmentation` (`read_sbd_mat`).
     """
 
     def __init__(
@@ -100,6 +104,16 @@ class MaskDecoder:
 
     def __call__(self, path: Path) -> np.ndarray:
         """Return the class indices of the mask file at `path` (raises SampleError naming it)."""
+        if Path(path).suffix.lower() == MAT_SUFFIX:
+            mask = self._indices(read_sbd_mat(path), path)
+        else:
+            mask = self._decode_image(path)
+        if self.binary_255:
+            mask[mask == 255] = 1
+        return mask
+
+    def _decode_image(self, path: Path) -> np.ndarray:
+        """Class indices of an image mask file, by its mode."""
         try:
             with Image.open(path) as img:
                 img.load()
@@ -117,12 +131,10 @@ class MaskDecoder:
                 f"mask {path} has mode {mode}; expected a palette or grayscale PNG of class indices "
                 "or an RGB PNG in the configured palette"
             )
-        if self.binary_255:
-            mask[mask == 255] = 1
         return mask
 
     def _indices(self, pixels: np.ndarray, path: Path) -> np.ndarray:
-        """uint8 indices from an index-mode image; 16-bit values above 255 are reported."""
+        """uint8 indices from an index-mode image or an integer array; values outside 0..255 are reported."""
         if pixels.dtype == np.bool_ or pixels.dtype == np.uint8:
             return pixels.astype(np.uint8)
         if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
@@ -148,3 +160,24 @@ class MaskDecoder:
                 f"mask {path} holds colours that are not in data.palette (nor data.ignore_color): {listed}"
             )
         return self._labels[slot]
+
+
+def read_sbd_mat(path: Path) -> np.ndarray:
+    """The integer (H,W) array in `GTcls.Segmentation` of an SBD `cls/<id>.mat` (SampleError naming a bad file)."""
+    from scipy.io import loadmat  # scipy is imported only where SBD's .mat files are read
+
+    try:
+        content = loadmat(path, squeeze_me=True, struct_as_record=False)
+    except Exception as err:  # a corrupt file raises anything from OSError to IndexError in scipy
+        raise SampleError(f"cannot decode mask {path}: not a readable MATLAB file ({err})") from None
+    segmentation = getattr(content.get("GTcls"), "Segmentation", None)
+    if not isinstance(segmentation, np.ndarray) or segmentation.ndim != 2:
+        raise SampleError(
+            f"mask {path} has no 2-D GTcls.Segmentation array; expected an SBD class mask "
+            "(benchmark_RELEASE/dataset/cls/<id>.mat)"
+        )
+    if not (np.issubdtype(segmentation.dtype, np.integer) or segmentation.dtype == np.bool_):
+        raise SampleError(
+            f"mask {path}: GTcls.Segmentation holds {segmentation.dtype} values; expected integer class indices"
+        )
+    return segmentation

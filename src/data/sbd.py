@@ -1,12 +1,17 @@
-"""VOC 2012 + SBD "train_aug": VOC train plus SBD masks (SegmentationClassAug), minus every VOC val image.
+"""SBD (Hariharan et al. 2011) two ways: as released, and as VOC 2012's "train_aug".
 
-The 10,582-image set of DeepLab and most VOC papers: SBD (Hariharan et al. 2011) re-annotates
-11,355 VOC images, some of which are in VOC 2012 val; training on those would leak val into train.
+As released (`data.sbd_root`): benchmark_RELEASE/dataset/{img/<id>.jpg, cls/<id>.mat, train.txt,
+val.txt}; `data.train_split=sbd_train` is SBD's own train list (8,498 images), the FCN reference's
+training set. "train_aug": VOC train plus the SBD masks converted to PNG (SegmentationClassAug),
+the 10,582-image set of DeepLab and most VOC papers. SBD re-annotates 11,355 VOC images, some of
+them in VOC val; either way every image of the validation split is left out of training, which
+would otherwise leak val into train.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from src.data.dataset import SplitListing
@@ -18,6 +23,9 @@ log = logging.getLogger(__name__)
 AUG_SPLIT = "train_aug"
 # Names the list goes by in the common SegmentationClassAug distributions.
 AUG_LIST_NAMES = ("train_aug.txt", "trainaug.txt")
+# Split names that read SBD's own lists (benchmark_RELEASE/dataset/<list>.txt) from data.sbd_root.
+SBD_SPLITS = {"sbd_train": "train", "sbd_val": "val"}
+SBD_LAYOUT = "benchmark_RELEASE/dataset/{img/<id>.jpg, cls/<id>.mat, train.txt, val.txt}"
 
 
 def train_aug_ids(
@@ -67,3 +75,39 @@ def train_aug_listing(
             mask = voc_mask
         pairs.append((voc_dir / "JPEGImages" / f"{i}.jpg", mask))
     return listing_of(AUG_SPLIT, pairs)
+
+
+def find_sbd_dir(root: str | Path | None) -> Path:
+    """SBD's `dataset` folder given it, the `benchmark_RELEASE` folder holding it, or their parent."""
+    if root is None:
+        raise UserError(
+            f"data.train_split/val_split {sorted(SBD_SPLITS)} read SBD as released: set data.sbd_root "
+            f"to the folder holding {SBD_LAYOUT}"
+        )
+    root = Path(root).expanduser()
+    for candidate in (root, root / "dataset", root / "benchmark_RELEASE" / "dataset"):
+        if (candidate / "img").is_dir() and (candidate / "cls").is_dir():
+            return candidate
+    state = "does not exist" if not root.exists() else "does not hold SBD"
+    raise UserError(
+        f"data.sbd_root={root} {state}; expected SBD as released, {SBD_LAYOUT} (data.sbd_root may "
+        "name benchmark_RELEASE, its dataset folder, or their parent)"
+    )
+
+
+def sbd_mask_path(sbd_dir: Path, sample_id: str) -> Path:
+    """`cls/<id>.mat`, or the `cls/<id>.png` the FCN reference's convert_sbdd.py writes beside it."""
+    mat = sbd_dir / "cls" / f"{sample_id}.mat"
+    png = mat.with_suffix(".png")
+    return png if not mat.is_file() and png.is_file() else mat
+
+
+def sbd_listing(sbd_dir: Path, split: str, leave_out: Iterable[str] = ()) -> SplitListing:
+    """The (img/<id>.jpg, cls/<id>.mat) pairs of SBD's `<split>.txt`, without the ids in `leave_out`."""
+    name = next(key for key, value in SBD_SPLITS.items() if value == split)
+    ids = read_id_list(sbd_dir / f"{split}.txt", f"SBD split list ({name})")
+    excluded = set(leave_out)
+    kept = [i for i in ids if i not in excluded]
+    log.info("%s: %d images (%d validation images left out)", name, len(kept), len(ids) - len(kept))
+    pairs = [(sbd_dir / "img" / f"{i}.jpg", sbd_mask_path(sbd_dir, i)) for i in kept]
+    return listing_of(name, pairs)

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+from importlib import resources
 from pathlib import Path
 
 from src.data.dataset import SplitListing
 from src.utils.errors import UserError
 
+log = logging.getLogger(__name__)
+
 VOC_LAYOUT = (
     "VOCdevkit/VOC{year}/{{JPEGImages, SegmentationClass, ImageSets/Segmentation/<split>.txt}}"
 )
+# Splits seglab ships (src/data/splits/<name>.txt), each drawn from a VOC split.
+# seg11valid: the 736 images of VOC2011 segmentation val that are not in SBD train, where the FCN
+# reference validates (Long et al., PAMI 2016, footnote 7; fcn.berkeleyvision.org data/pascal/).
+PACKAGED_SPLITS = {"seg11valid": "val"}
+PACKAGED_SIZES = {"seg11valid": 736}
 
 def find_voc_dir(root: str | Path, year: str = "2012") -> Path:
     """Return the `VOC<year>` folder given it, the `VOCdevkit` folder holding it, or their parent."""
@@ -39,8 +48,44 @@ def read_id_list(path: Path, what: str = "split file") -> list[str]:
 
 
 def read_split(voc_dir: Path, split: str) -> list[str]:
-    """Read the image ids listed in `ImageSets/Segmentation/<split>.txt`; an empty split is an error."""
+    """Read the image ids listed in `ImageSets/Segmentation/<split>.txt` (or a packaged split); empty is an error."""
+    if split in PACKAGED_SPLITS:
+        return packaged_voc_split(voc_dir, split)
     return read_id_list(voc_dir / "ImageSets" / "Segmentation" / f"{split}.txt")
+
+
+def packaged_split_ids(name: str) -> list[str]:
+    """The ids of the split seglab ships as `src/data/splits/<name>.txt`."""
+    text = resources.files("src.data").joinpath("splits", f"{name}.txt").read_text()
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
+
+
+def packaged_voc_split(voc_dir: Path, name: str) -> list[str]:
+    """A packaged split's ids that `voc_dir`'s own parent split lists (all of them on the real dataset).
+
+    A smaller count (a partial or synthetic copy of VOC) is logged as a warning: scores on it are not
+    comparable with the published ones.
+    """
+    parent = PACKAGED_SPLITS[name]
+    listed = set(read_id_list(voc_dir / "ImageSets" / "Segmentation" / f"{parent}.txt"))
+    ids = [i for i in packaged_split_ids(name) if i in listed]
+    if not ids:
+        raise UserError(
+            f"split '{name}': none of its {PACKAGED_SIZES[name]} ids is listed in {voc_dir}/ImageSets/"
+            f"Segmentation/{parent}.txt; expected Pascal VOC 2011 or 2012 (data.root, data.year)"
+        )
+    if len(ids) < PACKAGED_SIZES[name]:
+        log.warning(
+            "split '%s': only %d of its %d images are in %s's %s split; scores on it are not "
+            "comparable with published %s numbers",
+            name,
+            len(ids),
+            PACKAGED_SIZES[name],
+            voc_dir,
+            parent,
+            name,
+        )
+    return ids
 
 
 def listing_of(split: str, pairs: list[tuple[Path, Path]]) -> SplitListing:

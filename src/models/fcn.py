@@ -8,11 +8,18 @@ exactly, the pixel k of a stride-s map covers input pixels [k*s, (k+1)*s), and t
 convolutions of `bilinear_upsampling` (kernel 2f, stride f, padding f/2) sample at exactly those
 centres, so all crop offsets are zero and only the padding is cut off at the end. Same alignment,
 without the ~6x compute the 200 extra pixels cost on 128-pixel training crops.
+
+Initialisation. Every class scoring layer starts at zero, `score_fr` included: the paper
+"initialize[s] the class scoring convolution layer to zero, finding random initialization to yield
+neither better performance nor faster convergence" (CVPR 2015, sec. 4.3, Optimization), and the
+Caffe reference (Caffe's default constant-0 filler) and wkentaro/pytorch-fcn do the same. The first
+update moves only the scoring layers (their gradient is the features times the error); the layers
+below them receive gradient from the second step on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -20,6 +27,7 @@ from torch import nn
 
 from .backbones import (
     BackboneSpec,
+    ModelConfigError,
     VGGFeatures,
     copy_matching_tensors,
     load_checked,
@@ -35,6 +43,17 @@ def score_layer(in_channels: int, num_classes: int) -> nn.Conv2d:
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
     return layer
+
+
+def skip_scale_pair(values: Sequence[float]) -> tuple[float, float]:
+    """`model.skip_scales` as (pool4, pool3) factors: two positive numbers."""
+    scales = tuple(float(v) for v in values)
+    if len(scales) != 2 or not all(v > 0 for v in scales):
+        raise ModelConfigError(
+            f"model.skip_scales={list(values)}: expected two positive factors [pool4, pool3], e.g. "
+            "[1, 1] or the at-once recipe's [0.01, 0.0001]"
+        )
+    return scales[0], scales[1]
 
 
 class VGGFCN(nn.Module):
@@ -61,7 +80,7 @@ class VGGFCN(nn.Module):
         self.fc7 = nn.Conv2d(hidden, hidden, kernel_size=1)
         self.relu = nn.ReLU(inplace=True)
         self.drop = nn.Dropout(dropout)
-        self.score_fr = nn.Conv2d(hidden, num_classes, kernel_size=1)
+        self.score_fr = score_layer(hidden, num_classes)
         self.build_upsampling(num_classes, learnable_upsampling)
         state = vgg_state_dict(spec)
         if state is not None:
@@ -88,9 +107,12 @@ class VGGFCN(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """pool3, pool4 and the stride-32 class scores of `x` padded to a multiple of 32."""
         _, _, pool3, pool4, pool5 = self.backbone(pad_to_multiple(x))
+        return pool3, pool4, self.score_fr(self.fc7_features(pool5))
+
+    def fc7_features(self, pool5: torch.Tensor) -> torch.Tensor:
+        """fc7's activations (after ReLU, then dropout) on pool5: VGG16's classifier run as convolutions."""
         hidden = self.drop(self.relu(self.fc6(pool5)))
-        hidden = self.drop(self.relu(self.fc7(hidden)))
-        return pool3, pool4, self.score_fr(hidden)
+        return self.drop(self.relu(self.fc7(hidden)))
 
 
 class FCN32s(VGGFCN):
@@ -123,7 +145,27 @@ class FCN16s(VGGFCN):
 
 
 class FCN8s(VGGFCN):
-    """FCN-8s: FCN-16s's fused scores upsampled 2x plus pool3 scores, upsampled 8x."""
+    """FCN-8s: FCN-16s's fused scores upsampled 2x plus pool3 scores, upsampled 8x.
+
+    `skip_scales` multiplies pool4 and pool3 by fixed factors (no gradient) before their scoring
+    layers. `[0.01, 0.0001]` is the "at-once" FCN-8s trained straight from VGG16: it mirrors the
+    fixed Scale layers `scale_pool4`/`scale_pool3` (lr_mult 0) of fcn.berkeleyvision.org's
+    voc-fcn8s-atonce/net.py ("scaling the skip connections to better condition optimization",
+    its README): pool4/pool3 activations are far larger than the fc7 path's scores, which start at
+    zero. `[1, 1]` is the staged FCN-8s (trained from an FCN-16s).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: Mapping[str, Any] | None = None,
+        learnable_upsampling: bool = True,
+        init_from: str | None = None,
+        dropout: float = 0.5,
+        skip_scales: Sequence[float] = (1.0, 1.0),
+    ) -> None:
+        super().__init__(num_classes, backbone, learnable_upsampling, init_from, dropout)
+        self.skip_scales = skip_scale_pair(skip_scales)
 
     def build_upsampling(self, num_classes: int, learnable: bool) -> None:
         """pool4 and pool3 scoring, two 2x upsamplings and the fixed final 8x."""
@@ -136,6 +178,7 @@ class FCN8s(VGGFCN):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes, H, W) for images (N, 3, H, W)."""
         pool3, pool4, score = self.encode(x)
-        score = self.upscore2(score) + self.score_pool4(pool4)
-        score = self.upscore_pool4(score) + self.score_pool3(pool3)
+        pool4_scale, pool3_scale = self.skip_scales
+        score = self.upscore2(score) + self.score_pool4(pool4 * pool4_scale)
+        score = self.upscore_pool4(score) + self.score_pool3(pool3 * pool3_scale)
         return self.upscore8(score)[..., : x.shape[-2], : x.shape[-1]]

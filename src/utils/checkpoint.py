@@ -20,6 +20,7 @@ from torch import nn
 
 from src.utils.errors import UserError
 
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """torch.load(weights_only=True) of a seglab/Lightning checkpoint; unsafe or unreadable files raise UserError."""
     path = Path(path).expanduser()

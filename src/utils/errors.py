@@ -5,17 +5,35 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
 
 class UserError(Exception):
     """A bad path, config value or file; the message names it and says what was expected."""
 
 
+class MissingValueError(UserError):
+    """A config value left `???` was read; the message names the key."""
+
+
 def find_user_error(exc: BaseException | None) -> UserError | None:
-    """The UserError behind `exc`: Hydra's instantiate wraps constructor errors in its own exception."""
+    """The UserError behind `exc`: Hydra's instantiate wraps constructor errors in its own exception.
+
+    A `???` value that was read (OmegaConf's MissingMandatoryValue, a multi-line message) becomes
+    a MissingValueError naming the key. OmegaConf re-raises a resolver's exception as an
+    InterpolationResolutionError without `from` (src/utils/resolvers.py), so there the UserError
+    is the exception's context.
+    """
     while exc is not None:
         if isinstance(exc, UserError):
             return exc
-        exc = exc.__cause__
+        if isinstance(exc, MissingMandatoryValue):
+            key = exc.full_key or "a config value"
+            return MissingValueError(f"{key} is mandatory (???) and has no value: pass {key}=...")
+        if isinstance(exc, InterpolationResolutionError) and exc.__cause__ is None:
+            exc = exc.__context__
+        else:
+            exc = exc.__cause__
     return None
 
 

@@ -12,26 +12,15 @@ from typing import Any
 
 import hydra
 import torch
-from torch import nn
 
-
-def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
-    """The model with random conv weights (zero-initialised score layers too) and non-trivial BN statistics."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d) and not module.weight.abs().sum():  # zero-init skips
-                module.weight.normal_(0.0, 0.1, generator=generator)
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5, generator=generator)
-                module.running_var.uniform_(0.5, 2.0, generator=generator)
-    return model
+from tests.helpers.models import randomize_batchnorm_statistics, randomize_score_layers
 
 
 def write_checkpoint(path: Path, model_cfg: dict[str, Any], data_cfg: dict[str, Any], seed: int = 0) -> Path:
     """A Lightning-shaped checkpoint (tensors under `model.`, the run config) of a randomised model."""
     torch.manual_seed(seed)
-    model = randomized(hydra.utils.instantiate(model_cfg), seed)
+    model = randomize_score_layers(hydra.utils.instantiate(model_cfg), seed, std=0.1)
+    randomize_batchnorm_statistics(model, seed)
     num_classes = int(model_cfg["num_classes"])
     torch.save(
         {
