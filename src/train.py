@@ -23,6 +23,7 @@ from src.utils.build import build_run, plain_config  # noqa: E402
 from src.utils.checkpoint import load_checkpoint  # noqa: E402
 from src.utils.config_tree import TREE_FILE, print_config_tree  # noqa: E402
 from src.utils.errors import UserError, exit_on_user_error  # noqa: E402
+from src.utils.resolvers import check_required  # noqa: E402
 from src.utils.run_guard import LAST, check_resume_config, resume_checkpoint  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def checkpoint_to_resume(cfg: DictConfig) -> tuple[str | None, int]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model; return the final logged metrics."""
+    check_required(cfg)  # an experiment's mandatory value (model.init_from ...) is named first
     checkpoint, start_step = checkpoint_to_resume(cfg)
     L.seed_everything(cfg.seed, workers=True)
     print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / TREE_FILE)

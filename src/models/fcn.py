@@ -34,6 +34,7 @@ from .backbones import (
     scale_channels,
     vgg_state_dict,
 )
+from .precision import run_narrow_in_fp32 as narrow_fp32
 from .upsample import bilinear_upsampling, pad_to_multiple
 
 
@@ -62,6 +63,9 @@ class VGGFCN(nn.Module):
     `learnable_upsampling` governs the 2x upsamplings of 16s/8s; the final upsampling (32x, 16x
     or 8x) is always fixed bilinear interpolation, as in the paper. `init_from` copies every
     tensor whose name and shape match from a checkpoint (FCN-32s -> 16s -> 8s staged training).
+    The num_classes-wide head (score and upsampling layers) goes through `narrow_fp32`: in fp32
+    under CPU bf16 autocast, where oneDNN's AMX kernels compute such narrow layers wrongly
+    (src/models/precision.py); otherwise it is the plain layer call.
     """
 
     def __init__(
@@ -107,7 +111,7 @@ class VGGFCN(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """pool3, pool4 and the stride-32 class scores of `x` padded to a multiple of 32."""
         _, _, pool3, pool4, pool5 = self.backbone(pad_to_multiple(x))
-        return pool3, pool4, self.score_fr(self.fc7_features(pool5))
+        return pool3, pool4, narrow_fp32(self.score_fr, self.fc7_features(pool5))
 
     def fc7_features(self, pool5: torch.Tensor) -> torch.Tensor:
         """fc7's activations (after ReLU, then dropout) on pool5: VGG16's classifier run as convolutions."""
@@ -125,7 +129,7 @@ class FCN32s(VGGFCN):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes, H, W) for images (N, 3, H, W)."""
         _, _, score = self.encode(x)
-        return self.upscore(score)[..., : x.shape[-2], : x.shape[-1]]
+        return narrow_fp32(self.upscore, score)[..., : x.shape[-2], : x.shape[-1]]
 
 
 class FCN16s(VGGFCN):
@@ -140,8 +144,8 @@ class FCN16s(VGGFCN):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes, H, W) for images (N, 3, H, W)."""
         _, pool4, score = self.encode(x)
-        score = self.upscore2(score) + self.score_pool4(pool4)
-        return self.upscore16(score)[..., : x.shape[-2], : x.shape[-1]]
+        score = narrow_fp32(self.upscore2, score) + narrow_fp32(self.score_pool4, pool4)
+        return narrow_fp32(self.upscore16, score)[..., : x.shape[-2], : x.shape[-1]]
 
 
 class FCN8s(VGGFCN):
@@ -179,6 +183,6 @@ class FCN8s(VGGFCN):
         """Logits (N, num_classes, H, W) for images (N, 3, H, W)."""
         pool3, pool4, score = self.encode(x)
         pool4_scale, pool3_scale = self.skip_scales
-        score = self.upscore2(score) + self.score_pool4(pool4 * pool4_scale)
-        score = self.upscore_pool4(score) + self.score_pool3(pool3 * pool3_scale)
-        return self.upscore8(score)[..., : x.shape[-2], : x.shape[-1]]
+        score = narrow_fp32(self.upscore2, score) + narrow_fp32(self.score_pool4, pool4 * pool4_scale)
+        score = narrow_fp32(self.upscore_pool4, score) + narrow_fp32(self.score_pool3, pool3 * pool3_scale)
+        return narrow_fp32(self.upscore8, score)[..., : x.shape[-2], : x.shape[-1]]

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .backbones import BackboneSpec, build_vgg, copy_matching_tensors
+from .precision import run_narrow_in_fp32 as narrow_fp32
 from .upsample import bilinear_upsampling, pad_to_multiple
 
 
@@ -41,6 +42,8 @@ class FCN8sCompact(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes, H, W) for images (N, 3, H, W); see fcn.py on the padding."""
         _, _, s3, s4, s5 = self.backbone(pad_to_multiple(x))
-        fused = self.conv_trans1(self.upsample_2x_1(s5) + s4)
-        scores = self.conv_trans2(self.upsample_2x_2(fused) + s3)
-        return self.upsample_8x(scores)[..., : x.shape[-2], : x.shape[-1]]
+        # the layers narrower than 16 channels (num_classes wide, or all at tiny widths) run in fp32
+        # under CPU bf16 autocast (src/models/precision.py); the others as autocast decides
+        fused = narrow_fp32(self.conv_trans1, narrow_fp32(self.upsample_2x_1, s5) + s4)
+        scores = narrow_fp32(self.conv_trans2, narrow_fp32(self.upsample_2x_2, fused) + s3)
+        return narrow_fp32(self.upsample_8x, scores)[..., : x.shape[-2], : x.shape[-1]]

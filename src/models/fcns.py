@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .backbones import BackboneSpec, build_vgg, copy_matching_tensors, scale_channels
+from .precision import run_narrow_in_fp32 as narrow_fp32
 from .upsample import bilinear_upsampling, pad_to_multiple
 
 
@@ -49,7 +50,8 @@ class FCNs(nn.Module):
         x1, x2, x3, x4, x5 = self.backbone(pad_to_multiple(x))
         score = x5
         for deconv, bn, skip in zip(self.deconvs, self.bns, (x4, x3, x2, x1, None), strict=True):
-            score = bn(self.relu(deconv(score)))
+            # narrow layers (< 16 channels) run in fp32 under CPU bf16 autocast (models/precision.py)
+            score = bn(self.relu(narrow_fp32(deconv, score)))
             if skip is not None:
                 score = score + skip
-        return self.classifier(score)[..., : x.shape[-2], : x.shape[-1]]
+        return narrow_fp32(self.classifier, score)[..., : x.shape[-2], : x.shape[-1]]

@@ -30,7 +30,7 @@ from typing import Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
-from src.utils.errors import UserError
+from src.utils.errors import UserError, find_user_error
 
 log = logging.getLogger(__name__)
 
@@ -216,5 +216,8 @@ def _exit_on_error(check: Any) -> None:
     would add a traceback, and the sweep would continue into the dir)."""
     try:
         check()
-    except UserError as err:
-        raise SystemExit(f"seglab: error: {err}") from None
+    except Exception as err:  # a config value that fails to resolve wraps its UserError
+        user_error = find_user_error(err)
+        if user_error is None:
+            raise
+        raise SystemExit(f"seglab: error: {user_error}") from None

@@ -1,0 +1,37 @@
+"""Narrow layers run in fp32 under CPU bf16 autocast: oneDNN's AMX path gets them wrong.
+
+Measured on an Intel CPU with AMX-BF16 (torch 2.14.1, oneDNN 3.12; the trust issue): under
+`torch.autocast("cpu", dtype=torch.bfloat16)` the input gradient of a ConvTranspose2d with fewer
+than 16 channels is wrong (relative error 0.8-0.96 at 6 channels; 0.003 at 16 or 21), and the
+backward of a 1x1 convolution with >= 3072 inputs and < 16 outputs corrupts the heap. FCN's score
+and upsampling layers are num_classes wide, so every task with fewer than 16 classes hit one or
+both. Running exactly those layers in fp32 with autocast off avoids both and keeps AMX for the
+backbone, where the time goes: the num_classes-wide head is 0.6% of FCN-8s's multiply-adds at
+width 0.25 and 0.05% at width 1.0. CPUs without bf16 in oneDNN (AVX2 only) never take that path
+and are unaffected; GPUs are unaffected.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# oneDNN's AMX kernels computed layers this narrow wrongly (on either side of the layer)
+NARROW_CHANNELS = 16
+
+
+def is_narrow(layer: nn.Module) -> bool:
+    """A convolution with fewer than NARROW_CHANNELS input or output channels."""
+    channels = (getattr(layer, "in_channels", NARROW_CHANNELS), getattr(layer, "out_channels", NARROW_CHANNELS))
+    return min(channels) < NARROW_CHANNELS
+
+
+def run_narrow_in_fp32(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)`, in fp32 with autocast off when it is narrow and CPU bf16 autocast is on.
+
+    The output is then fp32; the layers after it (additions, the loss) accept either dtype.
+    """
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or not is_narrow(layer):
+        return layer(x)
+    with torch.autocast("cpu", enabled=False):
+        return layer(x.float())
