@@ -246,6 +246,47 @@ def report(title: str, result: dict) -> None:
     print(f"    ratio lightning/bare = {result['lightning'] / result['bare']:.3f}")
 
 
+def default_run_breakdown(epochs: int, overrides: list[str]) -> list[Any]:
+    """`python src/train.py` (the default run, its own data, callbacks and checkpoints) for `epochs`
+    epochs with an EpochTimer; returns its per-epoch records."""
+    from src.callbacks.epoch_timer import EpochTimer
+    from src.utils.build import build_run
+
+    out = tempfile.mkdtemp(prefix="seglab_breakdown_")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[f"trainer.max_epochs={epochs}", f"paths.output_dir={out}", "callbacks.progress_bar=null", *overrides],
+        )
+    L.seed_everything(cfg.seed, workers=True)
+    run = build_run(cfg, trainer=False)
+    timer = EpochTimer()
+    trainer = build_trainer_with(cfg, timer)
+    trainer.fit(run.module, datamodule=run.datamodule)
+    return timer.epochs
+
+
+def build_trainer_with(cfg: Any, extra: L.Callback) -> L.Trainer:
+    """The configured Trainer with one more callback."""
+    from src.utils.build import build_callbacks, build_loggers
+
+    callbacks = [*build_callbacks(cfg.callbacks), extra]
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg.logger))
+
+
+def report_breakdown(epochs: list[Any]) -> None:
+    """One row per epoch: wall time and its parts, then the mean over the epochs after the first."""
+    from src.callbacks.epoch_timer import PARTS
+
+    print(f"  default run, per epoch (s): {'epoch':>5} {'wall':>7}" + "".join(f" {p:>12}" for p in PARTS))
+    for record in epochs:
+        print(f"  {'':26} {record.epoch:>5} {record.wall:>7.2f}" + "".join(f" {record.parts[p]:>12.2f}" for p in PARTS))
+    steady = epochs[1:] or epochs
+    mean = {p: statistics.mean(r.parts[p] for r in steady) for p in PARTS}
+    wall = statistics.mean(r.wall for r in steady)
+    print(f"  {'mean after the first':>32} {wall:>7.2f}" + "".join(f" {mean[p]:>12.2f}" for p in PARTS))
+
+
 def main() -> None:
     """Parse arguments, run the CPU comparison and, with CUDA, the 512x512 GPU modes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -261,6 +302,11 @@ def main() -> None:
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
     )
     parser.add_argument("--num-classes", type=int, default=21)
+    parser.add_argument(
+        "--breakdown-epochs", type=int, default=0,
+        help="also run the default run (python src/train.py) this many epochs and print where each epoch's time goes",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the --breakdown-epochs run")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -284,6 +330,8 @@ def main() -> None:
     print(
         f"    goal >= 0.95: {'met' if result['lightning'] / result['bare'] >= 0.95 else 'NOT met'}"
     )
+    if args.breakdown_epochs:
+        report_breakdown(default_run_breakdown(args.breakdown_epochs, args.overrides))
 
     if not torch.cuda.is_available():
         print(

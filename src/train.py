@@ -13,20 +13,31 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hydra  # noqa: E402
-import lightning as L  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from src.utils import ddp  # noqa: E402
-from src.utils.build import build_run, plain_config  # noqa: E402
-from src.utils.checkpoint import load_checkpoint  # noqa: E402
-from src.utils.config_tree import TREE_FILE, print_config_tree  # noqa: E402
 from src.utils.errors import UserError, exit_on_user_error  # noqa: E402
 from src.utils.resolvers import check_required  # noqa: E402
 from src.utils.run_guard import LAST, check_resume_config, resume_checkpoint  # noqa: E402
 
+# torch and Lightning (~6 s to import) load in train(): a mistyped key, a missing value or a
+# refused run dir is reported before that.
+
 log = logging.getLogger(__name__)
+
+
+def log_lightning_through_hydra() -> None:
+    """Lightning's messages go to Hydra's handlers (console and train.log) once, not twice.
+
+    `import lightning` gives the "lightning" logger a console handler of its own, and its
+    subpackages propagate to the root logger when it has handlers (Hydra's, configured before
+    train() imports Lightning): every message would be printed twice.
+    """
+    lightning_logger = logging.getLogger("lightning")
+    if logging.getLogger().hasHandlers():
+        for handler in list(lightning_logger.handlers):
+            lightning_logger.removeHandler(handler)
 
 
 def checkpoint_to_resume(cfg: DictConfig) -> tuple[str | None, int]:
@@ -34,6 +45,9 @@ def checkpoint_to_resume(cfg: DictConfig) -> tuple[str | None, int]:
 
     A missing or unsafe file fails here, before anything is built, and its payload never runs.
     """
+    from src.utils.build import plain_config
+    from src.utils.checkpoint import load_checkpoint
+
     requested = cfg.get("ckpt_path")
     checkpoint = resume_checkpoint(requested, Path(cfg.paths.output_dir))
     if checkpoint is None:
@@ -50,6 +64,13 @@ def checkpoint_to_resume(cfg: DictConfig) -> tuple[str | None, int]:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured model; return the final logged metrics."""
     check_required(cfg)  # an experiment's mandatory value (model.init_from ...) is named first
+    import lightning as L
+
+    from src.utils.build import build_run
+    from src.utils.config_tree import TREE_FILE, print_config_tree
+
+    log_lightning_through_hydra()
+
     checkpoint, start_step = checkpoint_to_resume(cfg)
     L.seed_everything(cfg.seed, workers=True)
     print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / TREE_FILE)
@@ -75,6 +96,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns `optimized_metric` for sweepers."""
+    from src.utils import ddp
+
     ddp.install(__file__)  # DDP children join this job as a single run (see src/utils/ddp.py)
     # In a sweep, one job's mistake fails that job (Hydra reports it and the sweep goes on);
     # otherwise it is one clear line, no traceback.

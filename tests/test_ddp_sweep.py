@@ -67,7 +67,7 @@ def assert_complete_job(job_dir: Path, world_size: int) -> dict:
     """One TensorBoard run, checkpoints, one log file and a metrics.json recording `world_size`."""
     assert len(list((job_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert (job_dir / "checkpoints" / "last.ckpt").exists()
-    assert sorted(p.name for p in job_dir.glob("*.log")) == ["train.log"]
+    assert sorted(p.name for p in job_dir.glob("*.log")) == ["config_tree.log", "train.log"]  # rank 0 only
     summary = metrics(job_dir)
     assert summary["world_size"] == world_size and summary["num_nodes"] == 1
     assert summary["precision"] == "32-true" and summary["wall_time_s"] > 0
