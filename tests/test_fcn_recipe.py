@@ -362,7 +362,7 @@ def load_script(name: str):
 
 def test_repro_readme_quotes_the_script_targets() -> None:
     script = load_script("reproduce_fcn")
-    readme = (ROOT / "REPRO_README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     for source in script.TARGETS.values():
         for value in source.values():
             assert str(value) in readme or f"{value:.2f}" in readme, value
