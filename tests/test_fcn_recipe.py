@@ -136,14 +136,20 @@ def test_reference_data_trains_on_sbd_train_and_validates_on_seg11valid(
 
 @pytest.mark.slow
 def test_fc6_fc7_of_a_vgg16_file_reproduce_its_classifier(tmp_path: Path) -> None:
-    """A torchvision-layout VGG16 file (as vgg16-00b39a1b.pth): the FCN's fc7 at the centre is the classifier's."""
+    """A torchvision-layout VGG16 file (as vgg16-00b39a1b.pth): convs into the stages, fc6/fc7
+    reshaped to convolutions, so the FCN's fc7 at the centre is the classifier's."""
     torch.manual_seed(0)
     vgg = torchvision.models.vgg16(weights=None).eval()
-    torch.save(vgg.state_dict(), tmp_path / "vgg16.pth")
+    state = vgg.state_dict()
+    torch.save(state, tmp_path / "vgg16.pth")
     cfg = compose_config(
         "train", ["experiment=voc_fcn32s", f"model.backbone.weights={tmp_path / 'vgg16.pth'}"], tmp_path
     )
     fcn = hydra.utils.instantiate(cfg.model).eval()
+    torch.testing.assert_close(fcn.backbone.features[28].weight, state["features.28.weight"])
+    torch.testing.assert_close(fcn.fc6.weight.flatten(1), state["classifier.0.weight"])
+    torch.testing.assert_close(fcn.fc7.weight.flatten(1), state["classifier.3.weight"])
+    torch.testing.assert_close(fcn.fc6.bias, state["classifier.0.bias"])
     image = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         expected = vgg.classifier[:5](torch.flatten(vgg.avgpool(vgg.features(image)), 1))

@@ -263,19 +263,6 @@ def test_backbone_file_with_wrong_keys_is_refused(vgg16_bn_file: Path, tmp_path:
         FCN8sCompact(3, {"weights": str(tmp_path / "absent.pth")})
 
 
-@pytest.mark.slow
-def test_full_vgg_file_fills_fc6_and_fc7(tmp_path: Path) -> None:
-    """torchvision's complete VGG16 state dict: convs into the stages, fc6/fc7 reshaped to convs."""
-    state = torchvision.models.vgg16(weights=None).state_dict()
-    path = tmp_path / "vgg16.pth"
-    torch.save(state, path)
-    model = build("fcn8s", **{"backbone.name": "vgg16", "backbone.weights": str(path)})
-    torch.testing.assert_close(model.backbone.features[28].weight, state["features.28.weight"])
-    torch.testing.assert_close(model.fc6.weight.flatten(1), state["classifier.0.weight"])
-    torch.testing.assert_close(model.fc7.weight.flatten(1), state["classifier.3.weight"])
-    torch.testing.assert_close(model.fc6.bias, state["classifier.0.bias"])
-
-
 @pytest.mark.parametrize(
     ("preset", "file"), [("fcn8s_compact", "vgg16_bn-"), ("tv_fcn_resnet50", "resnet50-")]
 )

@@ -70,7 +70,7 @@ def test_compile_trains_and_keeps_eager_checkpoint_keys(smoke_cfg, monkeypatch) 
     reference = copy.deepcopy(model)
     module = make_module(cfg, model, compile=True)
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+        accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     datamodule = hydra.utils.instantiate(cfg.data)
