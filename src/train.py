@@ -96,12 +96,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns `optimized_metric` for sweepers."""
+    # In a sweep, one job's mistake fails that job (Hydra reports it and the sweep goes on);
+    # otherwise it is one clear line, no traceback.
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    with exit_on_user_error(reraise=in_sweep):
+        check_required(cfg)  # before src.utils.ddp imports Lightning (~6 s)
     from src.utils import ddp
 
     ddp.install(__file__)  # DDP children join this job as a single run (see src/utils/ddp.py)
-    # In a sweep, one job's mistake fails that job (Hydra reports it and the sweep goes on);
-    # otherwise it is one clear line, no traceback.
-    with exit_on_user_error(reraise=HydraConfig.get().mode == RunMode.MULTIRUN), ddp.job_scope():
+    with exit_on_user_error(reraise=in_sweep), ddp.job_scope():
         metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric"))
 
