@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from src.data.synthetic import DEFAULT_SPEC, SyntheticSpec, render_sample  # noqa: E402
+from src.metrics import confusion_matrix, scores_from_confusion  # noqa: E402
 
 IGNORE = 255
 
@@ -59,12 +60,9 @@ def fit_softmax(features: torch.Tensor, labels: torch.Tensor, num_classes: int) 
 
 
 def mean_iou(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-    """mIoU over the classes present in `labels` or `predicted` (the confusion matrix's nonzero rows/columns)."""
-    confusion = np.bincount(labels * num_classes + predicted, minlength=num_classes**2)
-    confusion = confusion.reshape(num_classes, num_classes).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
-    seen = union > 0
-    return float((np.diag(confusion)[seen] / union[seen]).mean())
+    """The val mIoU seglab reports (src/metrics.py) of per-pixel predictions."""
+    matrix = confusion_matrix(torch.from_numpy(predicted), torch.from_numpy(labels), num_classes, IGNORE)
+    return float(scores_from_confusion(matrix)["mIoU"])
 
 
 def colour_baseline_miou(spec: SyntheticSpec, num_classes: int, pixels: int, seed: int = 0) -> float:

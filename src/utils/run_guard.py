@@ -30,7 +30,7 @@ from typing import Any
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
-from src.utils.errors import UserError, find_user_error
+from src.utils.errors import UserError, exit_on_user_error
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,9 @@ class RunDirGuard(HydraCallback):
             return
         output_dir = Path(str(config.hydra.run.dir)).expanduser().absolute()
         ckpt_path = config.get("ckpt_path")
-        _exit_on_error(lambda: self._check(ckpt_path, output_dir, config))
+        # one line and exit 1: Hydra's own report would add a traceback (and a sweep go on into the dir)
+        with exit_on_user_error():
+            self._check(ckpt_path, output_dir, config)
 
     @staticmethod
     def _check(ckpt_path: str | None, output_dir: Path, config: DictConfig) -> None:
@@ -208,16 +210,5 @@ class RunDirGuard(HydraCallback):
         ckpt_path = config.get("ckpt_path")
         jobs = [p for p in sorted(sweep_dir.glob("*")) if p.is_dir() and earlier_run_files(p)]
         if jobs and str(ckpt_path) != LAST:
-            _exit_on_error(lambda: check_output_dir(None, jobs[0]))
-
-
-def _exit_on_error(check: Any) -> None:
-    """Run `check`; a UserError becomes one line on stderr and exit status 1 (Hydra's own report
-    would add a traceback, and the sweep would continue into the dir)."""
-    try:
-        check()
-    except Exception as err:  # a config value that fails to resolve wraps its UserError
-        user_error = find_user_error(err)
-        if user_error is None:
-            raise
-        raise SystemExit(f"seglab: error: {user_error}") from None
+            with exit_on_user_error():
+                check_output_dir(None, jobs[0])
