@@ -250,7 +250,7 @@ def default_run_breakdown(epochs: int, overrides: list[str]) -> list[Any]:
     """`python src/train.py` (the default run, its own data, callbacks and checkpoints) for `epochs`
     epochs with an EpochTimer; returns its per-epoch records."""
     from src.callbacks.epoch_timer import EpochTimer
-    from src.utils.build import build_run
+    from src.utils.build import build_run, build_trainer
 
     out = tempfile.mkdtemp(prefix="seglab_breakdown_")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -261,17 +261,9 @@ def default_run_breakdown(epochs: int, overrides: list[str]) -> list[Any]:
     L.seed_everything(cfg.seed, workers=True)
     run = build_run(cfg, trainer=False)
     timer = EpochTimer()
-    trainer = build_trainer_with(cfg, timer)
+    trainer = build_trainer(cfg, extra_callbacks=[timer])
     trainer.fit(run.module, datamodule=run.datamodule)
     return timer.epochs
-
-
-def build_trainer_with(cfg: Any, extra: L.Callback) -> L.Trainer:
-    """The configured Trainer with one more callback."""
-    from src.utils.build import build_callbacks, build_loggers
-
-    callbacks = [*build_callbacks(cfg.callbacks), extra]
-    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg.logger))
 
 
 def report_breakdown(epochs: list[Any]) -> None:
