@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from tests.helpers.cli import run_script
 from tests.helpers.toy_data import write_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,13 +84,7 @@ def plant_faults(root: Path) -> dict[str, str]:
 def test_planted_faults_are_each_listed_and_the_exit_code_is_1(tmp_path: Path) -> None:
     expected = plant_faults(tmp_path / "folder")
     overrides = ["data=folder", f"data.root={tmp_path / 'folder'}", "--out", str(tmp_path / "out")]
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), *overrides],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
+    run = run_script([sys.executable, str(SCRIPT), *overrides])
     faults = [line for line in run.stdout.splitlines() if line.startswith("FAULT: ")]
     assert run.returncode == 1, run.stdout + run.stderr
     for fault, text in expected.items():

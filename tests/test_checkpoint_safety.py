@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from src.train import train
 from src.utils import build
 from src.utils.checkpoint import load_checkpoint, model_from_checkpoint
 from src.utils.errors import UserError
-from tests.conftest import ROOT, SMOKE_DATA, TINY_FCN8S_CFG, compose_config
+from tests.conftest import SMOKE_DATA, TINY_FCN8S_CFG, compose_config
+from tests.helpers.cli import run_script
 
 MODEL_CFG = TINY_FCN8S_CFG
 
@@ -128,12 +128,8 @@ def test_eval_and_predict_refuse_it_and_the_payload_does_not_run(
 
 def test_eval_cli_prints_one_line_and_exits_1(evil, tmp_path: Path) -> None:
     path, marker = evil
-    result = subprocess.run(
-        [sys.executable, "src/eval.py", f"ckpt_path={path}", f"paths.log_dir={tmp_path}/logs"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_script(
+        [sys.executable, "src/eval.py", f"ckpt_path={path}", f"paths.log_dir={tmp_path}/logs"]
     )
     assert result.returncode == 1
     assert (

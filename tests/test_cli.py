@@ -10,16 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers.cli import run_script
 from tests.helpers.toy_data import write_voc
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_train(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "src/train.py", f"paths.log_dir={tmp_path}/logs", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
+    return run_script([sys.executable, "src/train.py", f"paths.log_dir={tmp_path}/logs", *args])
 
 
 def test_missing_voc_root_names_path_and_layout(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -35,6 +34,7 @@ from src.utils.build import build_datamodule, build_loss, build_module
 from src.utils.errors import UserError, find_user_error
 from src.utils.resolvers import RequiredValueError, check_required
 from tests.conftest import ROOT, compose_config
+from tests.helpers.cli import run_script
 
 EXPERIMENTS = ("voc_fcn32s", "voc_fcn16s", "voc_fcn8s", "voc_fcn8s_atonce")
 FINAL_UPSAMPLING = {"voc_fcn32s": "upscore", "voc_fcn16s": "upscore16", "voc_fcn8s": "upscore8",
@@ -314,10 +314,9 @@ def test_required_stage_inputs_are_named(reference_root: Path, tmp_path: Path) -
 
 
 def test_fcn16s_without_init_from_fails_in_one_line(reference_root: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
+    result = run_script(
         [sys.executable, "src/train.py", "experiment=voc_fcn16s", f"data.root={reference_root}",
          f"data.sbd_root={reference_root}", f"paths.log_dir={tmp_path}/logs", TINY],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
@@ -335,10 +334,10 @@ def test_reproduce_fcn_runs_the_three_stages(reference_root: Path, tmp_path: Pat
     shrink = [TINY, "trainer.max_steps=2", "trainer.val_check_interval=2", "data.num_workers=0",
               "data.pin_memory=false", "trainer.accelerator=cpu", "callbacks.progress_bar=null",
               "callbacks.segmentation_images=null", "model_size_at=null", f"paths.log_dir={tmp_path}/logs"]  # fmt: skip
-    result = subprocess.run(
+    result = run_script(
         [sys.executable, "scripts/reproduce_fcn.py", f"data.root={reference_root}",
          f"sbd.root={reference_root}", "weights=null", f"out={out}", *shrink],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     stages = {stage["stage"]: stage for stage in json.loads((out / "results.json").read_text())["stages"]}

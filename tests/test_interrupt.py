@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import SMOKE_DATA
+from tests.helpers.cli import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 3  # debug=smoke: trainer.limit_train_batches=3
@@ -74,10 +75,9 @@ def test_sigterm_writes_last_ckpt_and_the_run_resumes(data_dir: Path, tmp_path: 
 
     # finish the interrupted epoch: the step count continues from the checkpoint
     epochs = state["epoch"] + 1
-    resumed = subprocess.run(
-        train_cmd(tmp_path / "resumed", data_dir, f"ckpt_path={last}", f"trainer.max_epochs={epochs}"),
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    resumed = run_script(
+        train_cmd(tmp_path / "resumed", data_dir, f"ckpt_path={last}", f"trainer.max_epochs={epochs}")
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert summary["global_step"] == STEPS_PER_EPOCH * epochs
@@ -102,13 +102,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
         "+callbacks.fault.kind=nan_loss",
         "+callbacks.fault.at_step=4",
     )
-    result = subprocess.run(
-        train_cmd(run, data_dir, *nan_at_step_4),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_script(train_cmd(run, data_dir, *nan_at_step_4))
     assert result.returncode != 0
     assert "non-finite training loss (nan) at global step 4 (epoch 1, batch 1)" in result.stderr
     assert "Traceback" not in result.stderr

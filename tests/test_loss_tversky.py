@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from src.losses.tversky import TverskyLoss, tversky_loss
 from src.utils.build import composite_loss
 from src.utils.errors import UserError
 from tests.conftest import SMOKE_DATA
+from tests.helpers.cli import run_script
 from tests.helpers.loss_checks import check_all_ignored_is_zero, check_bf16, one_thread, preset  # noqa: F401 (one_thread: autouse fixture)
 from tests.helpers.loss_reference import II, make_case, rel_err
 
@@ -208,7 +208,7 @@ def test_a_bad_value_on_the_command_line_is_one_line(data_dir: Path, tmp_path: P
         f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}/logs",
         "loss=tversky", "loss.tversky.alpha=-1",
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = run_script(command)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
     named = [line for line in result.stderr.splitlines() if "loss.tversky.alpha" in line]

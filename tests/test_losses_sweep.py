@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import yaml
 
 from tests.conftest import SMOKE_DATA
+from tests.helpers.cli import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def test_focal_dice_sweep_makes_four_jobs(tmp_path: Path) -> None:
         f"paths.data_dir={data_dir}",
         f"paths.log_dir={tmp_path}/logs",
     ]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = run_script(cmd, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(jobs) == 4, [p.name for p in sweep_dir.iterdir()]
@@ -87,7 +87,7 @@ def test_a_users_own_term_trains_from_the_command_line(tmp_path: Path, data_dir:
         f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    result = run_script(cmd, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from src.utils.build import build_datamodule, build_loss
 from tests.conftest import SMOKE_DATA
+from tests.helpers.cli import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 # each preset and the terms it logs as train/loss_<term>
@@ -57,7 +57,7 @@ def test_zoo_sweep_makes_a_job_per_loss(data_dir: Path, tmp_path: Path) -> None:
         "trainer.max_epochs=1", "trainer.limit_train_batches=2",
         f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}/logs", f"hydra.sweep.dir={sweep_dir}",
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = run_script(command, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(jobs) == 4, [p.name for p in sweep_dir.iterdir()]

@@ -1,5 +1,4 @@
 """`hparams_search=focal_optuna`: a persistent Optuna study that an interrupted search resumes.
-from tests.conftest import SMOKE_DATA
 
 Needs the optional extra (`pip install -e ".[optuna]"`); skipped without it.
 """
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import SMOKE_DATA
+from tests.helpers.cli import run_script
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
@@ -65,9 +65,7 @@ def test_interrupted_search_resumes_from_the_stored_study(data_dir: Path, tmp_pa
     before = load_study(logs).trials
     assert [t.state.name for t in before[:2]] == ["COMPLETE", "COMPLETE"] and len(before) == 3
 
-    again = subprocess.run(
-        search_cmd(data_dir, logs, 1), cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
+    again = run_script(search_cmd(data_dir, logs, 1), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming the study stored in" in again.stdout + again.stderr
     assert "alembic" not in again.stdout + again.stderr  # no migration chatter
@@ -88,12 +86,8 @@ def test_interrupted_search_resumes_from_the_stored_study(data_dir: Path, tmp_pa
         assert trial.value == json.loads((job / "metrics.json").read_text())["best"]["val/mIoU"]
         config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
         assert config["loss"]["focal"]["mode"] == "sigmoid"
-    subprocess.run(
-        [sys.executable, "scripts/summarize_sweep.py", str(study_dir)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
+    summary = run_script([sys.executable, "scripts/summarize_sweep.py", str(study_dir)])
+    assert summary.returncode == 0, summary.stderr
     with (study_dir / "summary.csv").open() as f:
         table = list(csv.DictReader(f))
     statuses = sorted(row["status"] for row in table)

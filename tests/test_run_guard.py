@@ -12,7 +12,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.utils.run_guard import config_differences, hpc_requeue_checkpoint, resume_checkpoint
-from tests.conftest import ROOT, SMOKE_DATA
+from tests.conftest import SMOKE_DATA
+from tests.helpers.cli import run_script
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +24,7 @@ def train(run_dir: Path, data_dir: Path, *overrides: str) -> subprocess.Complete
         sys.executable, "src/train.py", "debug=smoke", *SMOKE_DATA, "trainer.max_epochs=1",
         f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}", *overrides,
     ]  # fmt: skip
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return run_script(command)
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -101,7 +102,7 @@ def test_a_sweep_into_a_dir_with_earlier_jobs_is_refused(tmp_path: Path, data_di
         sys.executable, "src/train.py", "-m", "debug=smoke", *SMOKE_DATA, "seed=1,2",
         f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}",
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = run_script(command)
     assert result.returncode == 1 and f"{sweep / '0'} already holds another run" in result.stderr
     assert snapshot(sweep) == before  # no multirun.yaml, no job dir, nothing rewritten
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from omegaconf import open_dict
 
 from src.train import train
 from src.utils.build import build_loss, build_module
+from tests.helpers.cli import run_script
 from tests.helpers.models import randomize_score_layers
 
 
@@ -107,13 +107,7 @@ def test_bench_train_measures_both_paths(tmp_path: Path) -> None:
         "--width",
         "0.0625",
     ]
-    result = subprocess.run(
-        [sys.executable, "scripts/bench_train.py", *tiny],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_script([sys.executable, "scripts/bench_train.py", *tiny], cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     found = re.findall(r"(bare|lightning)\s+([\d.]+) images/s", result.stdout)
     assert [name for name, _ in found] == ["bare", "lightning"] and all(

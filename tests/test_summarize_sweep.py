@@ -5,7 +5,6 @@ import csv
 import io
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import yaml
 from rich.console import Console
 
 from tests.conftest import SMOKE_DATA
+from tests.helpers.cli import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -88,12 +88,7 @@ def test_wall_time_falls_back_to_file_times(tmp_path: Path) -> None:
 
 
 def test_cli_rejects_a_dir_without_jobs(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "scripts/summarize_sweep.py", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    result = run_script([sys.executable, "scripts/summarize_sweep.py", str(tmp_path)])
     assert result.returncode != 0
     assert f"no job under {tmp_path}" in result.stderr
 
@@ -103,25 +98,20 @@ def test_sweep_over_class_weights_reports_the_failing_job_and_keeps_the_others(
     data_dir: Path, tmp_path: Path
 ) -> None:
     sweep = tmp_path / "multirun"
-    result = subprocess.run(
+    result = run_script(
         [
             sys.executable, "src/train.py", "-m", "debug=smoke", *SMOKE_DATA, f"paths.data_dir={data_dir}",
             f"paths.log_dir={tmp_path}/logs", f"hydra.sweep.dir={sweep}", "trainer.max_epochs=1",
             # the last list has 2 weights for 6 classes: that job fails, the sweep goes on
             "loss.class_weights=null,[1,1,1,1,1,2],[1,2]",
         ],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        timeout=600,
     )  # fmt: skip
     assert result.returncode != 0  # Hydra reports the failed job when the sweep ends
     assert "loss.class_weights" in result.stderr + result.stdout
     assert (sweep / "0" / "metrics.json").exists() and (sweep / "1" / "metrics.json").exists()
 
-    summary = subprocess.run(
-        [sys.executable, "scripts/summarize_sweep.py", str(sweep)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    summary = run_script([sys.executable, "scripts/summarize_sweep.py", str(sweep)])
     assert summary.returncode == 0, summary.stderr
     table = read_csv(sweep / "summary.csv")
     assert sorted((row["job"], row["status"]) for row in table) == [
