@@ -58,7 +58,12 @@ def run_script(
         process = _FORKSERVER.Process(
             target=_run_as_main, args=(command[1:], str(cwd), environment, str(stdout), str(stderr))
         )
-        process.start()
+        try:
+            process.start()
+        except OSError:  # no forkserver here (its socket path too long for AF_UNIX, say): the slow way
+            return subprocess.run(
+                command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+            )
         process.join(timeout)
         if process.is_alive():
             process.kill()
