@@ -48,10 +48,17 @@ def run_script(
     `-m`, a shell script) runs through subprocess.run unchanged.
     """
     command = [str(part) for part in command]
-    if len(command) < 2 or command[0] != sys.executable or not command[1].endswith(".py"):
-        return subprocess.run(
-            command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-        )
+    is_python_script = len(command) >= 2 and command[0] == sys.executable and command[1].endswith(".py")
+    forked = _run_forked(command, cwd, env, timeout) if is_python_script else None
+    if forked is not None:
+        return forked
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _run_forked(
+    command: list[str], cwd: str | Path, env: Mapping[str, str] | None, timeout: float
+) -> subprocess.CompletedProcess | None:
+    """Run the script in a process of the preloaded forkserver; None where no forkserver can start."""
     environment = dict(os.environ if env is None else env)
     with tempfile.TemporaryDirectory(prefix="run_script_") as scratch:
         stdout, stderr = Path(scratch, "stdout"), Path(scratch, "stderr")
@@ -60,10 +67,8 @@ def run_script(
         )
         try:
             process.start()
-        except OSError:  # no forkserver here (its socket path too long for AF_UNIX, say): the slow way
-            return subprocess.run(
-                command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-            )
+        except OSError:  # its socket path too long for AF_UNIX, say: the caller takes the slow way
+            return None
         process.join(timeout)
         if process.is_alive():
             process.kill()
