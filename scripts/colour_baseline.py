@@ -20,10 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from src.data.synthetic import DEFAULT_SPEC, SyntheticSpec, render_sample  # noqa: E402
+from src.data.synthetic import DEFAULT_SPEC, IGNORE_INDEX, SyntheticSpec, render_sample  # noqa: E402
 from src.metrics import confusion_matrix, scores_from_confusion  # noqa: E402
-
-IGNORE = 255
 
 
 def quadratic_features(rgb: np.ndarray) -> torch.Tensor:
@@ -38,7 +36,7 @@ def labelled_pixels(spec: SyntheticSpec, split: str, count: int) -> tuple[np.nda
     colours, labels = [], []
     for index in range(count):
         image, mask = render_sample(spec, split, index)
-        keep = mask != IGNORE
+        keep = mask != IGNORE_INDEX
         colours.append(image[keep])
         labels.append(mask[keep])
     return np.concatenate(colours), np.concatenate(labels)
@@ -61,7 +59,7 @@ def fit_softmax(features: torch.Tensor, labels: torch.Tensor, num_classes: int) 
 
 def mean_iou(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
     """The val mIoU seglab reports (src/metrics.py) of per-pixel predictions."""
-    matrix = confusion_matrix(torch.from_numpy(predicted), torch.from_numpy(labels), num_classes, IGNORE)
+    matrix = confusion_matrix(torch.from_numpy(predicted), torch.from_numpy(labels), num_classes, IGNORE_INDEX)
     return float(scores_from_confusion(matrix)["mIoU"])
 
 
