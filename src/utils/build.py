@@ -232,14 +232,15 @@ def warn_if_cpu_bf16_is_emulated(trainer: L.Trainer) -> None:
 def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = (), **overrides: Any) -> L.Trainer:
     """The Trainer of `cfg.trainer` with the configured callbacks (plus `extra_callbacks`) and loggers.
 
-    `overrides` replace Trainer arguments; callbacks or loggers given there are not built from config.
+    `overrides` replace Trainer arguments; callbacks or loggers given there are not built from config
+    (`extra_callbacks` join either list).
     """
-    parts = {}
     if "callbacks" not in overrides:
-        parts["callbacks"] = [*build_callbacks(cfg.get("callbacks")), *extra_callbacks]
+        overrides["callbacks"] = build_callbacks(cfg.get("callbacks"))
     if "logger" not in overrides:
-        parts["logger"] = build_loggers(cfg.get("logger"))
-    trainer = hydra.utils.instantiate(cfg.trainer, **parts, **overrides)
+        overrides["logger"] = build_loggers(cfg.get("logger"))
+    overrides["callbacks"] = [*overrides["callbacks"], *extra_callbacks]
+    trainer = hydra.utils.instantiate(cfg.trainer, **overrides)
     warn_if_cpu_bf16_is_emulated(trainer)
     return trainer
 
