@@ -102,7 +102,7 @@ def preset_loss(spec: str, num_classes: int, fused: bool):
     from hydra import compose, initialize_config_dir
 
     import src  # noqa: F401  (SEGLAB_ROOT for conf/paths)
-    from src.utils.build import build_loss
+    from src.utils.loss_config import build_loss
 
     name, *extra = spec.split(":")
     overrides = [f"loss={name}", f"data.num_classes={num_classes}", f"loss.fused={'auto' if fused else 'false'}"]

@@ -16,12 +16,18 @@ from PIL import Image
 
 from src.data.masks import MaskDecoder
 from src.losses import class_weights as cw
-from src.losses.class_weights import resolve_class_weights
-from src.utils.build import composite_loss
 from src.utils.errors import UserError
+from src.utils.loss_config import composite_loss
 
 NUM_CLASSES = 4  # class 3 never occurs
 II = 255
+
+
+def resolve_class_weights(*args, decode_mask=None, **kwargs):
+    """`cw.resolve_class_weights` reading the masks as a DataModule's default decoder does."""
+    num_classes, ignore_index = args[2], args[3]
+    decoder = decode_mask or MaskDecoder(num_classes, ignore_index)
+    return cw.resolve_class_weights(*args, decode_mask=decoder, **kwargs)
 
 
 def _palette_png(path: Path, labels: np.ndarray) -> None:

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from src.losses.dice import dice_loss
 from src.losses.fused import fused_terms
 from src.losses.tversky import TverskyLoss, tversky_loss
-from src.utils.build import composite_loss
+from src.utils.loss_config import composite_loss
 from src.utils.errors import UserError
 from tests.conftest import SMOKE_DATA
 from tests.helpers.cli import run_script

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from src.losses.common import (
     PixelLoss,
+    as_labels,
     check_between,
     check_inputs,
     class_counts,
@@ -37,13 +38,14 @@ def ce_loss(
     """Cross-entropy of logits `(N,C,*)` against mask `(N,*)`: mean `sum w_y (-log p_y) / sum w_y`
     (or the sum with `normalize=False`), smoothed as torch's; an all-ignored batch gives 0."""
     check_inputs(logits, target)
+    target = as_labels(target)
     logits = resize_logits(logits, target.shape[1:])
     counts = class_counts(target, logits.shape[1], ignore_index)
     dtype = compute_dtype(logits)
     weight = None if class_weights is None else class_weights.to(logits.device, dtype)
     total = F.cross_entropy(
         logits.to(dtype),
-        target.long(),
+        target,
         weight=weight,
         ignore_index=ignore_index,
         reduction="sum",

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from src.data.masks import MaskDecoder
 from src.losses.common import LossConfigError
 from src.utils.files import write_json_atomic
 
@@ -147,15 +146,16 @@ def resolve_class_weights(
     ignore_index: int,
     cache_dir: str | os.PathLike | None,
     split: str,
+    *,
+    decode_mask: Callable[[Path], np.ndarray],
     class_names: Sequence[str] | None = None,
-    decode_mask: Callable[[Path], np.ndarray] | None = None,
 ) -> list[float] | None:
     """Turn `loss.class_weights` into None or a list of `num_classes` floats.
 
     A method name is computed from the masks at `mask_paths` (once: the result is cached in
     `cache_dir` keyed by split, method, num_classes, ignore_index and a fingerprint of the files).
-    `decode_mask` is the dataset's own decoder (RGB palettes, 0/255 masks); its `cache_key`
-    attribute, when present, joins the cache key.
+    `decode_mask` is the dataset's own decoder (a mask file -> class indices: RGB palettes, 0/255
+    masks, SBD's .mat); its `cache_key` attribute, when present, joins the cache key.
     """
     if spec is None:
         return None
@@ -185,8 +185,7 @@ def resolve_class_weights(
     path = None if cache_dir is None else _cache_path(cache_dir, split, method)
     weights = None if path is None else _load_cache(path, key)
     if weights is None:
-        reader = decode_mask or MaskDecoder(num_classes, ignore_index)
-        stats = mask_statistics((reader(Path(p)) for p in mask_paths), num_classes, ignore_index)
+        stats = mask_statistics((decode_mask(Path(p)) for p in mask_paths), num_classes, ignore_index)
         weights = weights_from_statistics(stats, method)
         if path is not None:
             _save_cache(path, key, weights, stats)

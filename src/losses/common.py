@@ -19,6 +19,8 @@ from src.utils.errors import UserError
 
 _INTERP_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 CLASS_MODES = ("present", "all")
+# What a mask may hold; every term reads it through `as_labels` (int64), whatever it came as.
+MASK_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 class LossConfigError(UserError, ValueError):
@@ -43,8 +45,10 @@ def check_inputs(logits: Tensor, target: Tensor) -> None:
     """Raise ValueError unless logits are float `(N,C,*)` and target holds int labels `(N,*)`."""
     if not logits.is_floating_point() or logits.dim() < 2:
         raise ValueError(f"logits must be float (N,C,*), got {logits.dtype} {tuple(logits.shape)}")
-    if target.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16):
-        raise ValueError(f"mask must hold integer class indices, got {target.dtype}")
+    if target.dtype not in MASK_DTYPES:
+        raise ValueError(
+            f"mask must hold integer class indices ({', '.join(map(str, MASK_DTYPES))}), got {target.dtype}"
+        )
     if target.dim() != logits.dim() - 1 or target.shape[0] != logits.shape[0]:
         raise ValueError(
             f"mask shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}: "
@@ -52,9 +56,19 @@ def check_inputs(logits: Tensor, target: Tensor) -> None:
         )
 
 
+def as_labels(target: Tensor) -> Tensor:
+    """The mask as int64 class indices (no copy when it is int64 already).
+
+    Comparing a uint8 mask with a Python int wraps the int to the mask's dtype (`mask == -1` is
+    true at 255), so no term compares labels before this cast.
+    """
+    return target.long()
+
+
 def class_counts(target: Tensor, num_classes: int, ignore_index: int) -> Tensor:
     """Valid pixels per class `(C,)` float64; raises ValueError for labels that are not classes."""
-    labels = torch.where(target == ignore_index, -1, target.long()).reshape(-1)
+    target = as_labels(target)
+    labels = torch.where(target == ignore_index, -1, target).reshape(-1)
     if labels.numel():
         low, high = (int(v) for v in torch.aminmax(labels))
         stray_minus_one = low == -1 and ignore_index != -1 and bool((target == -1).any())
@@ -108,12 +122,13 @@ def flatten_pixels(
 ) -> Pixels:
     """Check, resize to the mask, cast to the compute dtype and flatten the spatial dims."""
     check_inputs(logits, target)
+    target = as_labels(target)
     logits = resize_logits(logits, target.shape[1:])
     num, classes = logits.shape[:2]
     dtype = compute_dtype(logits)
     counts = class_counts(target, classes, ignore_index)
     valid = (target != ignore_index).reshape(num, -1)
-    labels = target.reshape(num, -1).long().masked_fill(~valid, 0)
+    labels = target.reshape(num, -1).masked_fill(~valid, 0)
     if class_weights is None:
         weights = torch.ones(classes, dtype=dtype, device=logits.device)
     else:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from src.losses.common import (
     LossConfigError,
     as_class_weights,
+    as_labels,
     check_choice,
     check_inputs,
     resize_logits,
@@ -88,6 +89,7 @@ class CompositeLoss(nn.Module):
     def forward(self, logits: Tensor, mask: Tensor) -> Tensor:
         """Scalar loss of logits `(N,C,*)` against mask `(N,*)`; logits are resized to the mask first."""
         check_inputs(logits, mask)
+        mask = as_labels(mask)  # every term, a user's own too, sees int64 labels
         logits = resize_logits(logits, mask.shape[1:])
         # every term sums in fp32 (terms upcast half logits); autocast would put reductions in bf16
         with torch.autocast(logits.device.type, enabled=False):

@@ -1,16 +1,16 @@
 """Build a run's parts from the composed config: the one place train, eval, the benchmarks and tests call.
 
 Every part is `hydra.utils.instantiate` of its config group; what only exists at run time is added
-here and nowhere else: data-derived class weights (`loss.class_weights=auto`), the model and loss
-handed to the module, the resolved config stored in checkpoints, and the callbacks and loggers
-handed to the Trainer.
+here and nowhere else: the model and loss handed to the module, the resolved config stored in
+checkpoints, and the callbacks and loggers handed to the Trainer. The loss itself, with its
+data-derived class weights (`loss.class_weights=auto`), is built by src/utils/loss_config.py,
+which imports no Lightning.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,15 +20,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from src.losses.common import LossConfigError, as_class_weights
-from src.losses.composite import CompositeLoss
 from src.models.complexity import complexity_summary
-from src.utils.errors import UserError, find_user_error
+from src.utils.errors import UserError
+from src.utils.loss_config import build_loss
 
 log = logging.getLogger(__name__)
 
-# Arguments every loss term may take from the composite (a term receives those its signature names).
-SHARED_LOSS_ARGS = ("ignore_index", "num_classes", "class_weights")
 # Loggers whose package is an optional extra of seglab (pyproject.toml), by `_target_`.
 LOGGER_EXTRAS = {
     "lightning.pytorch.loggers.MLFlowLogger": "mlflow",
@@ -41,8 +38,6 @@ class Run:
     """The parts of a training run, built from one config."""
 
     datamodule: L.LightningDataModule
-    model: nn.Module
-    loss: nn.Module
     module: L.LightningModule
     trainer: L.Trainer | None
 
@@ -65,85 +60,6 @@ def build_datamodule(data_cfg: DictConfig, splits: Sequence[str] | None = None, 
     for split in splits or ():
         datamodule.split_pairs(split)
     return datamodule
-
-
-def _term_arguments(target: str, shared: Mapping[str, Any]) -> dict[str, Any]:
-    """The shared arguments a term's constructor names (all of them if it takes **kwargs)."""
-    parameters = inspect.signature(hydra.utils.get_object(target)).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return dict(shared)
-    return {key: value for key, value in shared.items() if key in parameters}
-
-
-def _build_term(name: str, spec: Any, shared: Mapping[str, Any]) -> tuple[nn.Module, float]:
-    """`loss.<name>` -> (the term module, its weight in the sum)."""
-    if not isinstance(spec, Mapping) or "_target_" not in spec:
-        raise LossConfigError(f"loss.{name} must be a term config with a _target_, got {spec!r}")
-    arguments = dict(spec)
-    weight = float(arguments.pop("weight", 1.0))
-    try:
-        shared_here = _term_arguments(str(arguments["_target_"]), shared)
-        term = hydra.utils.instantiate({**shared_here, **arguments})
-    except Exception as err:
-        user_error = find_user_error(err)
-        if isinstance(user_error, LossConfigError):  # the term names its argument: prefix the path
-            raise LossConfigError(f"loss.{name}.{user_error}") from None
-        detail = str(err.__cause__ or err).splitlines()[0]
-        raise LossConfigError(f"loss.{name} ({arguments['_target_']}): {detail}") from None
-    if not callable(term):
-        raise LossConfigError(f"loss.{name}: {arguments['_target_']} is not callable as term(logits, mask)")
-    return term, weight
-
-
-def composite_loss(
-    ignore_index: int,
-    num_classes: int,
-    class_weights: Sequence[float] | None = None,
-    fused: bool | str = "auto",
-    **terms: Any,
-) -> CompositeLoss:
-    """The `_target_` of conf/loss/: every other key is a term (`_target_`, its arguments, `weight`).
-
-    The shared arguments reach each term that takes them, so a user's own term joins with
-    `'+loss.mine={_target_: mypkg.MyLoss, weight: 0.3}'` and nothing else. A term set to null
-    is left out (`loss.dice=null`).
-    """
-    weights = as_class_weights(class_weights, int(num_classes))
-    shared = {
-        "ignore_index": int(ignore_index),
-        "num_classes": int(num_classes),
-        "class_weights": None if weights is None else weights.tolist(),
-    }
-    built = {name: _build_term(name, spec, shared) for name, spec in terms.items() if spec is not None}
-    return CompositeLoss(
-        terms={name: term for name, (term, _) in built.items()},
-        weights={name: weight for name, (_, weight) in built.items()},
-        ignore_index=int(ignore_index),
-        class_weights=weights,
-        fused=fused,
-    )
-
-
-def build_loss(loss_cfg: DictConfig, datamodule: Any = None) -> nn.Module:
-    """Instantiate the loss, first computing data-derived class weights (`loss.class_weights=auto`...)."""
-    spec = loss_cfg.get("class_weights")
-    if not isinstance(spec, str):
-        return hydra.utils.instantiate(loss_cfg)
-    from src.losses.class_weights import resolve_class_weights
-
-    if datamodule is None:
-        raise LossConfigError(f"loss.class_weights={spec!r} needs the training data to compute them")
-    weights = resolve_class_weights(
-        spec,
-        datamodule.train_mask_paths(),
-        num_classes=datamodule.num_classes,
-        ignore_index=datamodule.ignore_index,
-        cache_dir=datamodule.root,
-        split=datamodule.train_split,
-        class_names=datamodule.class_names,
-        decode_mask=datamodule.decoder,
-    )
-    return hydra.utils.instantiate(loss_cfg, class_weights=weights)
 
 
 def model_size(model: nn.Module, side: int) -> dict[str, float]:
@@ -251,4 +167,4 @@ def build_run(cfg: DictConfig, trainer: bool = True) -> Run:
     loss = build_loss(cfg.loss, datamodule)
     model = hydra.utils.instantiate(cfg.model)
     module = build_module(cfg, model, loss)
-    return Run(datamodule, model, loss, module, build_trainer(cfg) if trainer else None)
+    return Run(datamodule, module, build_trainer(cfg) if trainer else None)

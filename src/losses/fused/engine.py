@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from src.losses.common import check_inputs, class_counts, compute_dtype, resize_logits
+from src.losses.common import as_labels, check_inputs, class_counts, compute_dtype, resize_logits
 
 # Pixels per chunk: large enough to amortise Python overhead, small enough that a chunk's
 # temporaries (a few C x CHUNK fp32 tensors) stay far below the logits' size.
@@ -69,7 +69,7 @@ class Chunk:
     def __init__(self, logits: Tensor, target: Tensor, ignore_index: int, batch: Batch) -> None:
         self.logits = logits
         self.valid = target != ignore_index
-        self.labels = target.masked_fill(~self.valid, 0).long()
+        self.labels = target.masked_fill(~self.valid, 0)
         self.batch = batch
 
     @per_instance_cached
@@ -331,6 +331,7 @@ def fused_terms(
 ) -> Tensor:
     """Values `(T,)` of `terms` on logits `(N,C,*)` and mask `(N,*)`, resizing logits if needed."""
     check_inputs(logits, target)
+    target = as_labels(target)
     logits = resize_logits(logits, target.shape[1:])
     if logits.dim() == 2:  # (N,C) classification-shaped input: one "pixel" per sample
         logits, target = logits.unsqueeze(-1), target.unsqueeze(-1)
