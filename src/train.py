@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 # `python src/train.py` puts src/ on sys.path, not the repository root that holds the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -68,6 +69,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from src.utils.build import build_run
     from src.utils.config_tree import TREE_FILE, print_config_tree
+    from src.utils.next_steps import next_steps
 
     log_lightning_through_hydra()
 
@@ -75,22 +77,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / TREE_FILE)
     run = build_run(cfg)
+    run.datamodule.check_train_batches(run.trainer)  # an epoch without a batch fails before fit
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=checkpoint, weights_only=True)
-    if checkpoint is not None and run.trainer.global_step == start_step:
+    if run.trainer.global_step == start_step:
         # nothing trained: the metrics Lightning holds are not this run's result (no NaN to a sweeper)
-        raise UserError(
-            f"{checkpoint} is already at global step {start_step} (epoch {run.trainer.current_epoch}), "
+        raise UserError(nothing_trained(run.trainer, checkpoint, start_step))
+    metrics = {k: float(v) for k, v in run.trainer.callback_metrics.items() if v.numel() == 1}
+    if run.trainer.is_global_zero:
+        log.info(next_steps(run.trainer, run.datamodule, metrics, Path(cfg.paths.output_dir)))
+    return metrics
+
+
+def nothing_trained(trainer: Any, checkpoint: str | None, start_step: int) -> str:
+    """The error of a fit that made no optimiser step: where it stopped and what to raise."""
+    if checkpoint is not None:
+        return (
+            f"{checkpoint} is already at global step {start_step} (epoch {trainer.current_epoch}), "
             "where this run's trainer.max_epochs / trainer.max_steps end: nothing was trained. Raise "
             "trainer.max_epochs (or max_steps) to continue it"
         )
-    metrics = {k: float(v) for k, v in run.trainer.callback_metrics.items() if v.numel() == 1}
-    if run.trainer.is_global_zero:
-        log.info(
-            "best val/mIoU = %.4f (output in %s)",
-            metrics.get("val/mIoU_best", float("nan")),
-            cfg.paths.output_dir,
-        )
-    return metrics
+    return (
+        f"the fit ended after 0 optimiser steps (trainer.max_epochs={trainer.max_epochs}, "
+        f"trainer.max_steps={trainer.max_steps}, {trainer.num_training_batches} training batch(es) "
+        "per epoch): nothing was trained, so no metric is reported and no metrics.json written. "
+        "Give trainer.max_epochs and trainer.max_steps values that allow a step"
+    )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

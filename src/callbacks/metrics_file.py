@@ -13,7 +13,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from src.utils.errors import UserError
 from src.utils.files import write_json_atomic
+from src.utils.next_steps import SRC_DIR, shell_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,6 +48,31 @@ def git_revision(root: Path = REPO_ROOT) -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
+def checkpoint_dirs(trainer: L.Trainer) -> list[Path]:
+    """The folders this Trainer's ModelCheckpoint callbacks save into."""
+    return [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+
+
+def newest_checkpoint(folders: list[Path]) -> Path | None:
+    """The most recently written `.ckpt` file in `folders`, None when there is none."""
+    found = [path for folder in folders if folder.is_dir() for path in folder.glob("*.ckpt")]
+    return max(found, key=lambda path: path.stat().st_mtime, default=None)
+
+
+def unwritten_metrics(path: Path, err: OSError, folders: list[Path]) -> str:
+    """What to tell a user whose metrics.json could not be written: the file, why, and what is safe."""
+    why = err.strerror or str(err)
+    newest = newest_checkpoint(folders)
+    kept = (
+        f"training finished and its checkpoints are intact (the newest: {shell_path(newest)}); "
+        f"`python {shell_path(SRC_DIR / 'eval.py')} ckpt_path={shell_path(newest)}` recomputes the "
+        "validation metrics"
+        if newest is not None
+        else "training finished but no checkpoint was saved"
+    )
+    return f"could not write {path}: {why} (errno {err.errno}); {kept}. Free space or fix the folder's permissions"
+
+
 class MetricsFile(L.Callback):
     """Keeps the best and final validation metrics and writes them to `metrics.json` (rank 0 only)."""
 
@@ -55,16 +82,20 @@ class MetricsFile(L.Callback):
         self.best: dict[str, Any] = {}
         self.final: dict[str, Any] = {}
         self.started = time.monotonic()
-        self.trained = False
+        self.start_step: int | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start the wall clock (the fit's, so a resumed run reports its own time)."""
         self.started = time.monotonic()
-        self.trained = False
+        self.start_step = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        """This fit trained at least one batch (a resume of a finished run trains none)."""
-        self.trained = True
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The global step training starts from (a resumed run's is restored by now, unlike at fit start)."""
+        self.start_step = trainer.global_step
+
+    def trained(self, trainer: L.Trainer) -> bool:
+        """Whether this fit made an optimiser step (a fit with no batch or no step to go makes none)."""
+        return self.start_step is not None and trainer.global_step > self.start_step
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Record this epoch's val metrics; keep them as `best` when the monitored one improved."""
@@ -84,8 +115,12 @@ class MetricsFile(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Write metrics.json once, from rank 0, if this fit trained (else the file stays as it was)."""
-        if trainer.is_global_zero and self.trained:
+        if not (trainer.is_global_zero and self.trained(trainer)):
+            return
+        try:
             write_json_atomic(self.path, self.summary(trainer))
+        except OSError as err:  # a full disk or a folder made read-only after training
+            raise UserError(unwritten_metrics(self.path, err, checkpoint_dirs(trainer))) from None
 
     def summary(self, trainer: L.Trainer) -> dict[str, Any]:
         """The content of metrics.json: the metrics and what produced them (so every job of a sweep says what it ran)."""

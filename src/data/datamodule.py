@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -159,14 +160,15 @@ class SegDataModule(L.LightningDataModule):
                 "val": self.dataset(self.val_split),
             }
 
-    def per_device_batch_size(self) -> int:
+    def per_device_batch_size(self, world_size: int | None = None) -> int:
         """The configured batch size is global: split it across the processes of a DDP run."""
-        world = self.trainer.world_size if self.trainer is not None else 1
-        if self.batch_size % world:
+        if world_size is None:
+            world_size = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world_size:
             raise UserError(
-                f"data.batch_size={self.batch_size} is not divisible by the {world} processes of this run"
+                f"data.batch_size={self.batch_size} is not divisible by the {world_size} processes of this run"
             )
-        return self.batch_size // world
+        return self.batch_size // world_size
 
     def _sampler(self, split: str) -> Sampler | None:
         """DDP: shuffled, seeded shards for training, unpadded shards for validation; else None."""
@@ -179,6 +181,42 @@ class SegDataModule(L.LightningDataModule):
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         return DistributedSampler(self._datasets[split], world, rank, shuffle=True, seed=seed)
 
+    def train_images_per_device(self, world_size: int) -> int:
+        """Training images each process draws per epoch (DistributedSampler pads the split to a multiple)."""
+        return math.ceil(len(self.split_pairs(self.train_split)) / world_size)
+
+    def train_batches_per_device(self, world_size: int) -> int:
+        """Training batches per process and epoch: the full ones, or one smaller batch when no batch is full.
+
+        An incomplete last batch is dropped (every step sees data.batch_size images, and no step
+        sees a single image, which DeepLabV3's pooled BatchNorm refuses in training). A split
+        smaller than one batch (a few images tried with `debug=smoke`) would then train nothing,
+        so it trains as one batch of all its images instead.
+        """
+        images = self.train_images_per_device(world_size)
+        return max(images // self.per_device_batch_size(world_size), min(images, 1))
+
+    def check_train_batches(self, trainer: L.Trainer) -> None:
+        """Before fit: raise naming the split, its size, data.batch_size and the devices if an epoch has no batch."""
+        world, limit = trainer.world_size, trainer.limit_train_batches
+        batches = self.train_batches_per_device(world)
+        # as Lightning reads limit_train_batches: an int counts batches, a float is a fraction
+        kept = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        if kept > 0:
+            return
+        found = (
+            f"split '{self.train_split}' under {self.root} has {len(self.split_pairs(self.train_split))} "
+            f"images, {self.train_images_per_device(world)} per process on {world} process(es) "
+            f"(trainer.devices={trainer.num_devices}, trainer.num_nodes={trainer.num_nodes}); "
+            f"data.batch_size={self.batch_size} gives {batches} training batch(es) per epoch and "
+            f"trainer.limit_train_batches={limit} keeps {kept}"
+        )
+        if isinstance(limit, float) and limit > 0:
+            fix = f"raise trainer.limit_train_batches to at least {1 / batches:.4g}, or give a number of batches"
+        else:
+            fix = "set trainer.limit_train_batches to a positive number of batches (or 1.0 for all of them)"
+        raise UserError(f"no training batch: {found}; {fix}")
+
     def _loader(self, split: str) -> DataLoader:
         train = split == "train"
         if self.num_workers > 0:
@@ -187,12 +225,14 @@ class SegDataModule(L.LightningDataModule):
             # single-threaded too, which costs nothing here: the workers do the decoding.
             cv2.setNumThreads(1)
         sampler = self._sampler(split)
+        batch_size = self.per_device_batch_size()
+        images = len(sampler) if sampler is not None else len(self._datasets[split])
         return DataLoader(
             self._datasets[split],
-            batch_size=self.per_device_batch_size(),
+            batch_size=batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,
-            drop_last=train,
+            drop_last=train and images >= batch_size,  # see train_batches_per_device
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,

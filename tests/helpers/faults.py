@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -81,3 +84,36 @@ class CrashOnRank(L.Callback):
             return
         if trainer.global_rank == self.rank and batch_idx == self.batch_idx:
             raise RuntimeError(f"seglab fault injection: crashed rank {self.rank}")
+
+
+class FillDiskAfterTraining(L.Callback):
+    """Fill the filesystem holding `path` once training ends, before metrics.json is written.
+
+    `+callbacks.fill._target_=tests.helpers.faults.FillDiskAfterTraining +callbacks.fill.path=<run dir>`:
+    the checkpoints are all saved by then; the file `path/filler` takes every byte left.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write until the filesystem refuses even a page."""
+        with open(self.path / "filler", "wb", buffering=0) as filler:
+            for chunk in (1 << 20, 1 << 12):
+                with contextlib.suppress(OSError):
+                    while True:
+                        filler.write(b"\0" * chunk)
+
+
+class DenyWritesAfterTraining(L.Callback):
+    """Make the folder `path` refuse new files once training ends (root included: `chattr +i`)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Root ignores permission bits, not the immutable attribute; anyone else gets a read-only folder."""
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "+i", str(self.path)], check=True)
+        else:
+            self.path.chmod(0o555)
