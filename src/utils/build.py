@@ -22,6 +22,7 @@ from torch import nn
 
 from src.models.complexity import complexity_summary
 from src.utils.errors import UserError
+from src.utils.lightning_console import quiet_lightning_notices
 from src.utils.loss_config import build_loss
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = (), *
     if "logger" not in overrides:
         overrides["logger"] = build_loggers(cfg.get("logger"))
     overrides["callbacks"] = [*overrides["callbacks"], *extra_callbacks]
+    quiet_lightning_notices()  # before the Trainer: it prints some of them as it starts
     trainer = hydra.utils.instantiate(cfg.trainer, **overrides)
     warn_if_cpu_bf16_is_emulated(trainer)
     return trainer
