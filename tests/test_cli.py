@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import SMOKE_DATA
 from tests.helpers.cli import run_script
 from tests.helpers.toy_data import write_voc
 
@@ -65,3 +68,39 @@ def test_debug_smoke_trains_a_few_steps_on_a_voc_folder(tmp_path: Path) -> None:
     assert summary["global_step"] == 1  # 6 images, batch 4, drop_last: one step
     config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
     assert config["data"]["num_classes"] == 21 and "spec" not in config["data"]
+
+
+USER_TERM = """\
+import torch
+from torch import nn
+
+
+class MeanMaxProb(nn.Module):
+    \"\"\"1 - the mean confidence: a term with no __init__ of its own.\"\"\"
+
+    def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return 1 - logits.softmax(1).amax(1).mean()
+"""
+
+
+def test_a_users_term_without_init_trains_and_logs_its_value(data_dir: Path, tmp_path: Path) -> None:
+    """The README's custom-term command, with the simplest term a user writes."""
+    (tmp_path / "user_code").mkdir()
+    (tmp_path / "user_code" / "mylosses.py").write_text(USER_TERM)
+    run_dir = tmp_path / "run"
+    result = run_script(
+        [sys.executable, "src/train.py", "debug=smoke", "loss=ce_dice",
+         "+loss.mine={_target_: mylosses.MeanMaxProb, weight: 0.3}", "logger=csv", "trainer.max_epochs=1",
+         *SMOKE_DATA, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}"],
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "user_code")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    with (run_dir / "csv" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    logged = [float(row["train/loss_mine_step"]) for row in rows if row.get("train/loss_mine_step")]
+    assert len(logged) == 3  # one per training step of debug=smoke's epoch
+    total = [float(row["train/loss_step"]) for row in rows if row.get("train/loss_step")]
+    parts = [[float(row[f"train/loss_{t}_step"]) for t in ("ce", "dice", "mine")] for row in rows
+             if row.get("train/loss_step")]  # fmt: skip
+    for value, (ce, dice, mine) in zip(total, parts, strict=True):
+        assert 0 < mine < 1 and value == pytest.approx(ce + dice + 0.3 * mine, rel=1e-5)
