@@ -15,8 +15,9 @@ from src.data import augment as augment_module
 from src.data.augment import LetterboxJitter, NoAugment, RandomResizeCrop
 from src.data.folder import FolderDataModule
 from src.data.photometric import PhotometricDistortion, hsv_jitter
-from src.data.transforms import MEAN_RGB_UINT8, pad_collate, unpad
+from src.data.transforms import MEAN_RGB_UINT8, pad_collate
 from src.metrics import confusion_matrix
+from tests.helpers.padding import unpad
 from tests.helpers.toy_data import CLASS_COLOURS, IGNORE_COLOUR, toy_pair, write_folder
 
 Pair = tuple[np.ndarray, np.ndarray]

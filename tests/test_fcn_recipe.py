@@ -1,6 +1,6 @@
-"""Issue 14: the FCN reference recipes as experiments, checked piece by piece without VOC.
+"""The FCN reference recipes as experiments, checked piece by piece without VOC.
 
-The data side runs on the embedded generator's reference layout (src/data/synthetic_sbd.py: SBD
+The data side runs on a synthetic copy of the reference layout (tests/helpers/synthetic_sbd.py: SBD
 as released with .mat masks, a VOC2012 whose val holds a few seg11valid ids).
 """
 
@@ -26,7 +26,6 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.data.masks import MaskDecoder, SampleError
-from src.data.synthetic_sbd import ReferenceLayoutSpec, save_sbd_mat, write_synthetic_voc_sbd
 from src.data.voc import packaged_split_ids
 from src.metrics import SegmentationMetrics
 from src.train import train
@@ -35,6 +34,7 @@ from src.utils.errors import UserError, find_user_error
 from src.utils.resolvers import RequiredValueError, check_required
 from tests.conftest import ROOT, compose_config
 from tests.helpers.cli import run_script
+from tests.helpers.synthetic_sbd import ReferenceLayoutSpec, save_sbd_mat, write_synthetic_voc_sbd
 
 EXPERIMENTS = ("voc_fcn32s", "voc_fcn16s", "voc_fcn8s", "voc_fcn8s_atonce")
 FINAL_UPSAMPLING = {"voc_fcn32s": "upscore", "voc_fcn16s": "upscore16", "voc_fcn8s": "upscore8",

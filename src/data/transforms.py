@@ -92,7 +92,7 @@ def pad_collate(samples: list[dict], ignore_index: int = 255, multiple: int = 32
     """Stack samples, padding each (bottom/right) to the batch's largest size rounded up to `multiple`.
 
     Padded mask pixels are ignore_index, so losses and metrics on a padded batch equal those at the
-    original resolution; `sizes` records each sample's original (H, W) to undo the padding (`unpad`).
+    original resolution; `sizes` records each sample's original (H, W) to undo the padding.
     `skipped` sums the bad samples the dataset passed over (data.skip_bad).
     """
     height, width = padded_size(
@@ -115,13 +115,6 @@ def pad_collate(samples: list[dict], ignore_index: int = 255, multiple: int = 32
     if skipped:
         batch["skipped"] = skipped
     return batch
-
-
-def unpad(batch: torch.Tensor, sizes: torch.Tensor) -> list[torch.Tensor]:
-    """Undo `pad_collate` on a (N, ..., H, W) tensor (a prediction, a mask): each sample at its size."""
-    return [
-        item[..., : int(h), : int(w)] for item, (h, w) in zip(batch, sizes.tolist(), strict=True)
-    ]
 
 
 def check_normalization(convention: str) -> str:
