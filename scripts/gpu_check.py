@@ -1,4 +1,4 @@
-"""GPU figures of issue 15 in one prepared run: training, eval and loss speed of full-width FCN-8s.
+"""GPU figures in one prepared run: training, eval and loss speed of full-width FCN-8s, and the AMX tests.
 
     bash scripts/gpu_check.sh [--out FILE] [--peak-tflops N] [--budget-s 480]
     bash scripts/gpu_check.sh --dry-run    (the same code paths on the CPU at tiny sizes)
@@ -13,6 +13,10 @@ it) is rewritten after each one (scripts/budgeted_report.py), so a run cut short
   loss   focal_dice forward+backward at 8x21x512x512, loss.fused=auto against false
   flops  model FLOPs per training step (forward+backward taken as 3x the forward FLOPs of
          src.models.complexity.gflops) over its time, and that over the device's dense bf16 peak
+  amx    where the CPU has AMX-BF16 (the `amx_bf16` flag in /proc/cpuinfo; GPU servers often do),
+         tests/test_cpu_bf16.py under pytest, slow tests included: its oneDNN bf16 regressions skip
+         on every other CPU. Its output goes into the log, its counts into the JSON; a CPU
+         without the flag gets one line saying so.
 A time guard skips what would run past --budget-s and says so. The compiled mode runs last, so
 its compile warm-up (reported on its own) cannot crowd out the other sections.
 """
@@ -25,6 +29,8 @@ import logging
 import os
 import platform
 import re
+import shlex
+import subprocess
 import sys
 import time
 import warnings
@@ -34,7 +40,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
@@ -51,7 +58,12 @@ from src.models.complexity import gflops  # noqa: E402
 
 NUM_CLASSES = 21  # Pascal VOC
 PAD_MULTIPLE = 32  # conf/data/common/loader.yaml's pad_multiple
-SECTIONS = ["train", "eval", "loss", "flops"]
+SECTIONS = ["train", "eval", "loss", "flops", "amx"]
+CPUINFO = Path("/proc/cpuinfo")
+AMX_TESTS = "tests/test_cpu_bf16.py"
+AMX_RESERVE_S = 120.0  # what the AMX tests are expected to take (they train two smoke runs)
+# pytest's closing line: "3 passed, 2 skipped in 12.34s" (between = signs with -q off)
+PYTEST_COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's datasheets, matched against
 # torch.cuda.get_device_name() in this order: the PCIe and NVL parts before their SXM family.
 BF16_PEAK_TFLOPS = (
@@ -334,6 +346,58 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message)
 
 
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+    """The CPU's feature flags (the `flags` lines of /proc/cpuinfo); empty where it cannot be read."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    return {
+        flag
+        for line in text.splitlines()
+        if line.startswith("flags") and ":" in line
+        for flag in line.split(":", 1)[1].split()
+    }
+
+
+def run_amx_tests(report: BudgetedReport, tests: str, markers: str, timeout_s: float) -> dict[str, Any]:
+    """Run `tests` under pytest (`-m markers`; "" runs all); print its output and return its counts."""
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-m", markers, tests]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    for line in lines:
+        report.say(f"amx   | {line}")
+    summary = lines[-1].strip("= ") if lines else ""
+    counts = {kind.rstrip("s"): int(n) for n, kind in PYTEST_COUNTS.findall(summary)}
+    shown = " ".join(shlex.quote(part) for part in command)
+    return {"command": shown, "returncode": done.returncode, "summary": summary, **counts}
+
+
+def amx_section(
+    report: BudgetedReport, markers: str = "", cpuinfo: Path = CPUINFO, tests: str = AMX_TESTS
+) -> None:
+    """tests/test_cpu_bf16.py where the CPU has AMX-BF16; one printed line where it has not.
+
+    pytest may use what is left of the budget once the item starts (the item guard keeps
+    AMX_RESERVE_S of it); past that it is stopped and listed as an error.
+    """
+    if "amx_bf16" not in cpu_flags(cpuinfo):
+        why = f"no amx_bf16 flag in {cpuinfo}: {tests} needs a CPU with AMX-BF16"
+        report.data["amx"] = {"ran": False, "why": why}
+        report.say(f"amx   | skipped: {why}")
+        report.save()
+        return
+    def measure() -> dict[str, Any]:
+        return run_amx_tests(report, tests, markers, report.budget_s - report.elapsed())
+
+    result = report.item("amx", ("pytest",), measure, AMX_RESERVE_S)
+    if result is not None:
+        report.data["amx"]["ran"] = True
+        report.save()
+        if result["returncode"] != 0:
+            report.note("errors", "amx / pytest", f"exit {result['returncode']}: {result['summary']}")
+
+
 def model_flops(report: BudgetedReport, sizes: Sizes) -> None:
     """Forward GFLOPs per image, counted on the meta device (no memory, no time)."""
     model = hydra.utils.instantiate(compose_run(sizes.width, NUM_CLASSES).model).to("meta")
@@ -371,6 +435,8 @@ def main(argv: list[str] | None = None) -> None:
         train_section(report, sizes, device, eager)
         eval_section(report, sizes, device)
         loss_section(report, sizes, device)
+        # before the compiled mode, whose warm-up may use up the budget; the dry run skips the slow ones
+        amx_section(report, markers="not slow" if args.dry_run else "")
         with compile_backend(args.compile_backend):
             train_section(report, sizes, device, compiled)
         compile_warmup(report, compiled[0], eager[-1])

@@ -16,10 +16,14 @@ DEST=${1:-build/gpu_deps}
 HYDRA_CORE=hydra-core==1.3.8
 OMEGACONF=omegaconf==2.3.1
 ANTLR4=antlr4-python3-runtime==4.9.3  # omegaconf 2.3's parser is generated for ANTLR 4.9
+# pytest and what it needs beyond the framework, for the AMX tests gpu_check.sh runs where the
+# CPU has AMX-BF16 (pure Python wheels too)
+PYTEST="pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pygments==2.21.0"
 
 rm -rf "$DEST"
 mkdir -p "$DEST/download" "$DEST/site"
-"$PYTHON" -m pip download --quiet --no-deps --only-binary :all: -d "$DEST/download" "$HYDRA_CORE" "$OMEGACONF"
+# shellcheck disable=SC2086 (PYTEST is a list of requirements)
+"$PYTHON" -m pip download --quiet --no-deps --only-binary :all: -d "$DEST/download" "$HYDRA_CORE" "$OMEGACONF" $PYTEST
 "$PYTHON" -m pip download --quiet --no-deps --no-binary :all: -d "$DEST/download" "$ANTLR4"
 
 for wheel in "$DEST"/download/*.whl; do
@@ -29,7 +33,7 @@ sdist=$(ls "$DEST"/download/antlr4-python3-runtime-*.tar.gz)
 tar -xzf "$sdist" -C "$DEST/download"
 cp -r "${sdist%.tar.gz}/src/antlr4" "$DEST/site/"
 
-for package in hydra omegaconf antlr4; do
+for package in hydra omegaconf antlr4 pytest pluggy iniconfig pygments; do
     [ -f "$DEST/site/$package/__init__.py" ] || { echo "gpu_check_deps: $package missing in $DEST/site" >&2; exit 1; }
 done
 echo "gpu_check deps in $DEST/site: $(ls "$DEST/site" | grep -v dist-info | tr '\n' ' ')"
