@@ -13,8 +13,8 @@ from src.losses.ce import CELoss, ce_loss
 from src.losses.dice import DiceLoss
 from src.losses.focal import FocalLoss
 from src.losses.fused import fused_terms
-from src.utils.loss_config import composite_loss
 from src.utils.errors import UserError
+from src.utils.loss_config import composite_loss
 from tests.helpers.loss_checks import (  # noqa: F401 (one_thread: autouse fixture)
     check_all_ignored_is_zero,
     check_bf16,

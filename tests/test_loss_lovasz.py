@@ -14,8 +14,8 @@ from hydra.utils import instantiate
 
 from src.losses.ce import ce_loss
 from src.losses.lovasz import LovaszLoss, lovasz_loss
-from src.utils.loss_config import composite_loss
 from src.utils.errors import UserError, find_user_error
+from src.utils.loss_config import composite_loss
 from tests.helpers.loss_checks import check_all_ignored_is_zero, check_bf16, one_thread, preset  # noqa: F401 (one_thread: autouse fixture)
 from tests.helpers.loss_reference import II, make_case, ref_ce, rel_err
 

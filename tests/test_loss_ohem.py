@@ -11,8 +11,8 @@ from hydra.utils import instantiate
 
 from src.losses.ce import ce_loss
 from src.losses.ohem import OHEMLoss, hard_pixels, ohem_loss
-from src.utils.loss_config import composite_loss
 from src.utils.errors import UserError
+from src.utils.loss_config import composite_loss
 from tests.helpers.loss_checks import check_all_ignored_is_zero, check_bf16, one_thread, preset  # noqa: F401 (one_thread: autouse fixture)
 from tests.helpers.loss_reference import II, make_case, rel_err
 

@@ -14,8 +14,8 @@ from hydra.utils import instantiate
 from src.losses.dice import dice_loss
 from src.losses.fused import fused_terms
 from src.losses.tversky import TverskyLoss, tversky_loss
-from src.utils.loss_config import composite_loss
 from src.utils.errors import UserError
+from src.utils.loss_config import composite_loss
 from tests.conftest import SMOKE_DATA
 from tests.helpers.cli import run_script
 from tests.helpers.loss_checks import check_all_ignored_is_zero, check_bf16, one_thread, preset  # noqa: F401 (one_thread: autouse fixture)

@@ -24,8 +24,8 @@ from src.losses import (
     focal_loss,
 )
 from src.losses.fused import fused_terms
-from src.utils.loss_config import composite_loss
 from src.utils.errors import UserError, find_user_error
+from src.utils.loss_config import composite_loss
 from tests.helpers.loss_checks import (  # noqa: F401 (one_thread: autouse fixture)
     check_all_ignored_is_zero,
     check_bf16,
