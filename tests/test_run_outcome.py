@@ -109,14 +109,25 @@ def test_a_fit_without_an_optimiser_step_fails_and_reports_no_metric(two_images:
 # ---------------------------------------------------------------- metrics.json that cannot be written
 
 
-def check_checkpoints_intact(run_dir: Path, message: str) -> None:
-    """Every checkpoint loads and holds the trained steps; the message names one of them as the newest."""
+def fail_after_training(root: Path, run_dir: Path, fault: str, path: Path) -> str:
+    """Train one epoch with the fault callback `fault` (tests/helpers/faults.py) on `path`; its error line."""
+    result = smoke(
+        root, run_dir, "trainer.max_epochs=1", f"+callbacks.fault._target_=tests.helpers.faults.{fault}",
+        f"+callbacks.fault.path={path}",
+    )  # fmt: skip
+    assert result.returncode == 1
+    return error_line(result)
+
+
+def check_what_is_left(run_dir: Path, message: str) -> None:
+    """Checkpoints intact (the message names the newest), no metrics.json and no temp file of it."""
     checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"))
     assert {p.name for p in checkpoints} >= {"last.ckpt"} and len(checkpoints) == 2
     for path in checkpoints:
         assert torch.load(path, weights_only=True)["global_step"] == 1
     newest = max(checkpoints, key=lambda path: path.stat().st_mtime_ns)
     assert f"the newest: {newest}" in message
+    assert not any(p.name.startswith((".metrics", "metrics")) for p in run_dir.iterdir())
 
 
 @pytest.fixture
@@ -133,23 +144,14 @@ def small_disk(tmp_path: Path):
     subprocess.run(["umount", str(mount_point)], check=True)
 
 
-def test_a_full_disk_ends_in_one_line_and_leaves_no_temp_file(
-    two_images: Path, small_disk: Path
-) -> None:
+def test_a_full_disk_ends_in_one_line_and_leaves_no_temp_file(two_images: Path, small_disk: Path) -> None:
     run_dir = small_disk / "run"
-    result = smoke(
-        two_images, run_dir, "trainer.max_epochs=1", "+callbacks.fill._target_=tests.helpers.faults.FillDiskAfterTraining",
-        f"+callbacks.fill.path={small_disk}",
-    )  # fmt: skip
-    assert result.returncode == 1
-    line = error_line(result)
+    line = fail_after_training(two_images, run_dir, "FillDiskAfterTraining", small_disk)
     assert line.startswith(
         f"seglab: error: could not write {run_dir / 'metrics.json'}: No space left on device (errno 28); "
         "training finished and its checkpoints are intact"
     )
-    check_checkpoints_intact(run_dir, line)
-    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".metrics")) == []
-    assert not (run_dir / "metrics.json").exists()
+    check_what_is_left(run_dir, line)
 
 
 @pytest.fixture
@@ -169,13 +171,7 @@ def test_a_folder_without_write_permission_ends_in_one_line(two_images: Path, tm
         pytest.skip("root ignores permission bits; the immutable attribute needs chattr (e2fsprogs)")
     run_dir = tmp_path / "run"
     unlock_after(run_dir)
-    result = smoke(
-        two_images, run_dir, "trainer.max_epochs=1", "+callbacks.deny._target_=tests.helpers.faults.DenyWritesAfterTraining",
-        f"+callbacks.deny.path={run_dir}",
-    )  # fmt: skip
-    assert result.returncode == 1
-    line = error_line(result)
+    line = fail_after_training(two_images, run_dir, "DenyWritesAfterTraining", run_dir)
     why = "Operation not permitted (errno 1)" if os.geteuid() == 0 else "Permission denied (errno 13)"
     assert line.startswith(f"seglab: error: could not write {run_dir / 'metrics.json'}: {why}; ")
-    check_checkpoints_intact(run_dir, line)
-    assert not any(p.name.startswith(".metrics") for p in run_dir.iterdir())
+    check_what_is_left(run_dir, line)
