@@ -274,7 +274,7 @@ def samples(seed: int = 0) -> list[dict]:
 
 
 def test_validation_padding_is_deterministic_and_invertible() -> None:
-    batch, again = pad_collate(samples()), pad_collate(samples())
+    batch, again = pad_collate(samples(), multiple=32), pad_collate(samples(), multiple=32)
     assert all(torch.equal(batch[k], again[k]) for k in ("image", "mask", "sizes"))
     assert batch["image"].shape[-1] % 32 == 0 and batch["image"].shape[-2] % 32 == 0
     for s, image, mask, size in zip(
@@ -295,7 +295,7 @@ def test_validation_padding_is_deterministic_and_invertible() -> None:
 
 
 def test_metric_on_padded_batch_equals_metric_at_original_resolution() -> None:
-    batch = pad_collate(samples())
+    batch = pad_collate(samples(), multiple=32)
     torch.manual_seed(0)
     pred = torch.randint(
         0, NUM_CLASSES, batch["mask"].shape
@@ -341,6 +341,7 @@ def test_the_same_seed_gives_the_same_batches_and_epochs_differ(
         dm = FolderDataModule(
             root=str(tmp_path),
             num_classes=NUM_CLASSES,
+            pad_multiple=32,
             batch_size=3,
             num_workers=num_workers,
             augment=RandomResizeCrop(32, 32),
