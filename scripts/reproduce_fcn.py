@@ -182,16 +182,19 @@ def stage_checkpoint(run_dir: Path, handoff: str) -> Path:
     return max(found, key=lambda path: path.stat().st_mtime)
 
 
-def validation_images(checkpoint: Path) -> int | None:
-    """How many images the stage validated on, listed from the data config its checkpoint stores."""
-    import hydra
-    import torch
+def validation_images(run_dir: Path) -> int | None:
+    """How many images the stage validated on, listed from the data config of the stage's own run.
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    data = (state.get("hyper_parameters", {}).get("config") or {}).get("data")
-    if not data:
+    Read from the `.hydra/config.yaml` this pipeline's run wrote, never from the checkpoint: the
+    config a checkpoint stores is data, not something to build (src/utils/checkpoint.py).
+    """
+    import hydra
+    from omegaconf import OmegaConf
+
+    config_file = run_dir / ".hydra" / "config.yaml"
+    if not config_file.is_file():
         return None
-    datamodule = hydra.utils.instantiate(data)
+    datamodule = hydra.utils.instantiate(OmegaConf.load(config_file).data)
     return len(datamodule.split_pairs(datamodule.val_split))
 
 
@@ -214,7 +217,7 @@ def stage_result(stage: Stage, run_dir: Path, handoff: str) -> dict[str, Any]:
         "best_step": best.get("step"),
         "final_mIoU": percent(final.get("val/mIoU")),
         "global_step": metrics.get("global_step"),
-        "val_images": validation_images(checkpoint),
+        "val_images": validation_images(run_dir),
     }
 
 
