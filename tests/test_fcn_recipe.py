@@ -1,4 +1,4 @@
-"""Issue 14: the FCN reference recipes as experiments, checked piece by piece without VOC.
+"""The FCN reference recipes as experiments, checked piece by piece without VOC.
 
 The data side runs on the embedded generator's reference layout (src/data/synthetic_sbd.py: SBD
 as released with .mat masks, a VOC2012 whose val holds a few seg11valid ids).

@@ -1,4 +1,4 @@
-"""Models (issue 3): every preset built from its config, checked against independent references."""
+"""Models: every preset built from its config, checked against independent references."""
 
 from __future__ import annotations
 
