@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# `--presets zoo`: every loss family next to F.cross_entropy (README's loss table)
+# `--presets zoo`: every loss family next to F.cross_entropy (docs/benchmarks.md's loss table)
 ZOO = ["focal_dice", "tversky", "lovasz", "ohem", "ce:loss.ce.label_smoothing=0.1"]
 
 
