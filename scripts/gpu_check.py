@@ -1,4 +1,4 @@
-"""GPU figures of issue 15 in one prepared run: training, eval and loss speed of full-width FCN-8s.
+"""GPU figures in one prepared run: training, eval and loss speed of full-width FCN-8s.
 
     bash scripts/gpu_check.sh [--out FILE] [--peak-tflops N] [--budget-s 480]
     bash scripts/gpu_check.sh --dry-run    (the same code paths on the CPU at tiny sizes)

@@ -10,7 +10,7 @@ its last.ckpt, the reference's choice of the final snapshot; best: its best on t
 `sbd.root` is data.sbd_root; `weights` is model.backbone.weights of the stages trained from VGG16
 (weights=imagenet also sets data.normalize=imagenet). With an existing out=DIR, a stage whose
 metrics.json is there is reused and one with only checkpoints/last.ckpt resumes from it.
-Prints the table of README.md ("Reproducing the paper") with the measured columns filled from
+Prints the table of docs/reproducing-fcn.md ("Targets") with the measured columns filled from
 the stages' metrics.json and writes it to <out>/results.md and <out>/results.json.
 """
 
@@ -53,7 +53,7 @@ STAGES = {
 }
 DEFAULT_STAGES = ("fcn32s", "fcn16s", "fcn8s")
 
-# Published mIoU (%) on seg11valid; README.md ("Reproducing the paper") gives them with context.
+# Published mIoU (%) on seg11valid; docs/reproducing-fcn.md ("Targets") gives them with context.
 TARGETS = {
     "reference": {"fcn32s": 63.6, "fcn16s": 65.0, "fcn8s": 65.5, "fcn8s_atonce": 65.4},
     "paper": {"fcn32s": 59.4, "fcn16s": 62.4, "fcn8s": 62.7},
@@ -131,7 +131,7 @@ def check_options(options: Options) -> None:
     if from_vgg and options.weights is None:
         raise UserError(
             f"{', '.join(from_vgg)} start(s) from VGG16: pass weights=<VGG16 converted from Caffe, "
-            "e.g. vgg16-00b39a1b.pth> (or weights=imagenet for torchvision's; see README.md, 'Reproducing the paper')"
+            "e.g. vgg16-00b39a1b.pth> (or weights=imagenet for torchvision's; see docs/reproducing-fcn.md, 'Weights')"
         )
     if options.weights == "imagenet":
         # torchvision's weights expect RGB 0-1 input with ImageNet statistics, in every stage

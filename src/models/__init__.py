@@ -1,4 +1,4 @@
-"""seglab's models: the FCN family on VGG16, the seed variants and torchvision baselines."""
+"""seglab's models: the FCN family on VGG16, its compact variants and torchvision baselines."""
 
 from .complexity import count_parameters, gflops
 from .contract import SegmentationModel, main_logits

@@ -1,4 +1,4 @@
-"""Seed 000's compact FCN-8s: vgg16_bn stages fused by 1x1 convolutions, no fc6/fc7."""
+"""A compact FCN-8s on vgg16_bn features: stages fused by 1x1 convolutions, no fc6/fc7."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ class FCN8sCompact(SegmentationModel):
     """pool5 features upsampled 2x + pool4, 1x1 conv, upsampled 2x + pool3, 1x1 conv, 8x.
 
     Unlike the paper's FCN-8s it fuses feature maps (not class scores) and has no fc6/fc7, so it
-    is about a tenth of the size. The seed's unused `scores1..3` layers are left out.
+    is about a tenth of the size. The unused `scores1..3` layers of the design it comes from are
+    left out.
     `learnable_upsampling` governs the two 2x upsamplings; the final 8x is fixed bilinear.
     The fusion layers after pool5 are declared head layers: num_classes wide, or narrow at tiny
     widths, they run in fp32 under CPU bf16 autocast (src/models/precision.py).

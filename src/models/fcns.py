@@ -1,4 +1,4 @@
-"""Seed 004's `FCNs` (pochih/FCN-pytorch) with its defects fixed."""
+"""pochih/FCN-pytorch's `FCNs` with its defects fixed."""
 
 from __future__ import annotations
 

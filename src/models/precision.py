@@ -1,6 +1,6 @@
 """Narrow layers run in fp32 under CPU bf16 autocast: oneDNN's AMX path gets them wrong.
 
-Measured on an Intel CPU with AMX-BF16 (torch 2.14.1, oneDNN 3.12): under
+Measured on an Intel CPU with AMX-BF16 (torch 2.14.1, oneDNN 3.12; tests/test_cpu_bf16.py): under
 `torch.autocast("cpu", dtype=torch.bfloat16)` the input gradient of a ConvTranspose2d with fewer
 than 16 channels is wrong (relative error 0.8-0.96 at 6 channels; 0.003 at 16 or 21), and the
 backward of a 1x1 convolution with >= 3072 inputs and < 16 outputs corrupts the heap. FCN's score
