@@ -121,6 +121,10 @@ def test_out_of_table_ids_and_colour_masks_are_refused(tree: Path, tmp_path: Pat
         SampleError, match=rf"{bad}.*cityscapes does not define: 34 \(6 px\), 200 \(1 px\)"
     ):
         dm.decoder(bad)
+    wide = tmp_path / "wide_gtFine_labelIds.png"
+    Image.fromarray(np.array([[7, 300], [26, 33]], dtype=np.uint16)).save(wide)  # a 16-bit PNG
+    with pytest.raises(SampleError, match=r"does not define: 300 \(1 px\)"):
+        dm.decoder(wide)
     colour = dm.split_pairs("val")[0][1].with_name(
         dm.split_pairs("val")[0][1].name.replace("labelIds", "color")
     )
