@@ -17,6 +17,7 @@ from src.data.cityscapes_labels import LABELS
 from src.data.masks import SampleError
 from src.predict import inference_options, predict
 from src.train import train
+from src.utils.build import model_size
 from src.utils.errors import UserError
 from tests.conftest import compose_config
 from tests.helpers.benchmark_trees import cityscapes_frames, load_check_dataset, write_cityscapes
@@ -304,3 +305,9 @@ def test_predict_takes_test_time_defaults_from_the_checkpoints_data(tmp_path: Pa
     options = inference_options(chosen, stored)
     assert (options.mode, options.stride) == ("whole", (100, 100))  # the command line wins
     assert inference_options(compose_config("predict", [], tmp_path), {}).mode == "whole"
+
+
+def test_model_size_is_counted_at_a_height_by_width_crop() -> None:
+    conv = torch.nn.Conv2d(3, 2, kernel_size=1, bias=False)  # 6 multiply-adds per pixel
+    stats = model_size(conv, [16, 32])
+    assert stats["gflops"] == pytest.approx(2 * 6 * 16 * 32 / 1e9)
