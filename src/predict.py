@@ -29,7 +29,7 @@ from src.data.io import read_image  # noqa: E402
 from src.data.label_maps import LabelMap, optional_label_map  # noqa: E402
 from src.data.palette import colorize, colour_table  # noqa: E402
 from src.data.transforms import normalize, pad_collate  # noqa: E402
-from src.inference import InferenceOptions, segment_padded_batch  # noqa: E402
+from src.inference import MODES, InferenceOptions, segment_padded_batch  # noqa: E402
 from src.prediction_files import (  # noqa: E402
     check_format,
     check_output,
@@ -145,8 +145,21 @@ def inference_options(cfg: DictConfig, data_cfg: dict[str, Any]) -> InferenceOpt
     data config, so the checkpoint's stored one stands in for it here.
     """
     with open_dict(cfg):
-        cfg.data = {"inference": data_cfg.get("inference") or {}}
+        cfg.data = {"inference": stored_inference_defaults(data_cfg)}
     return InferenceOptions.from_config(OmegaConf.to_container(cfg.predict, resolve=True), "predict")
+
+
+def stored_inference_defaults(data_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's data.inference, only as plain checked values (a stored string is never an interpolation)."""
+    stored = data_cfg.get("inference") or {}
+    defaults: dict[str, Any] = {}
+    if stored.get("mode") in MODES:
+        defaults["mode"] = stored["mode"]
+    for key in ("crop_size", "stride"):
+        value = stored.get(key)
+        if isinstance(value, int) or (isinstance(value, list) and all(isinstance(v, int) for v in value)):
+            defaults[key] = value
+    return defaults
 
 
 def label_map_of(cfg: DictConfig, data_cfg: dict[str, Any]) -> LabelMap | None:
