@@ -56,8 +56,10 @@ from src.data.transforms import padded_size  # noqa: E402
 from src.inference import InferenceOptions, segment_padded_batch  # noqa: E402
 from src.models.complexity import gflops  # noqa: E402
 
+# the validation batches' padding, as the data config sets it
+PAD_MULTIPLE = int(OmegaConf.load(CONF_DIR / "data" / "common" / "loader.yaml").pad_multiple)
+
 NUM_CLASSES = 21  # Pascal VOC
-PAD_MULTIPLE = 32  # conf/data/common/loader.yaml's pad_multiple
 SECTIONS = ["train", "eval", "loss", "flops", "amx"]
 CPUINFO = Path("/proc/cpuinfo")
 AMX_TESTS = "tests/test_cpu_bf16.py"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared run of the GPU figures: training, eval and loss speed of full-width FCN-8s on one
-# CUDA GPU in at most ~8 minutes; see scripts/gpu_check.py and README.md ("GPU figures"). Where the
-# CPU has AMX-BF16 (the amx_bf16 flag in /proc/cpuinfo) it also runs tests/test_cpu_bf16.py under
+# CUDA GPU in at most ~8 minutes; see scripts/gpu_check.py and docs/benchmarks.md. Where the CPU
+# has AMX-BF16 (the amx_bf16 flag in /proc/cpuinfo) it also runs tests/test_cpu_bf16.py under
 # pytest, whose oneDNN bf16 regressions skip on other CPUs; its output joins the log and the JSON.
 #
 #   bash scripts/gpu_check.sh [--out FILE] [--peak-tflops N] [--budget-s 480]

@@ -47,6 +47,7 @@ class SegDataModule(L.LightningDataModule):
         self,
         root: str,
         num_classes: int,
+        pad_multiple: int,
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
         batch_size: int = 16,
@@ -60,8 +61,9 @@ class SegDataModule(L.LightningDataModule):
         ignore_color: Sequence[int] | None = None,
         binary_255: bool = False,
         skip_bad: bool = False,
-        pad_multiple: int = 32,
         normalize: str = "imagenet",
+        label_map: str | None = None,
+        inference: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
@@ -80,9 +82,12 @@ class SegDataModule(L.LightningDataModule):
         self.pad_multiple = int(pad_multiple)
         self.normalize = check_normalization(normalize)
         self._check_config()
+        # the dataset's label ids -> class indices (src/data/label_maps.py); None: masks hold indices
         self.decoder = MaskDecoder(
-            self.num_classes, self.ignore_index, palette, ignore_color, binary_255
+            self.num_classes, self.ignore_index, palette, ignore_color, binary_255, label_map
         )
+        # test-time defaults this dataset suggests (conf/inference/default.yaml reads data.inference)
+        self.inference = dict(inference or {})
         self.skipped_samples = (
             0  # bad samples passed over (data.skip_bad), counted in the main process
         )
