@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,10 @@ LAYERS = {
 }
 # above every layer: what puts the parts together
 GLUE = ("src.module", "src.callbacks", "src.train", "src.eval", "src.predict", "src.inference", "src.utils")
+# Known reaches into the glue, each with its reason. Models read external weight files through the
+# checkpoint module's tensor-only loader (torch and yaml at import; its Hydra use is inside the
+# functions that rebuild a model from a checkpoint): a foundation module of its own would remove this.
+EXCEPTIONS = {"models": ("src.utils.checkpoint",)}
 
 
 def imports(path: Path) -> set[str]:
@@ -43,9 +49,9 @@ def files_of(parts: list[str]) -> list[Path]:
     return sorted(f for p in paths if p.exists() for f in ([p] if p.is_file() else p.rglob("*.py")))
 
 
-def below(name: str, forbidden: tuple[str, ...]) -> bool:
+def below(name: str, forbidden: tuple[str, ...], exceptions: tuple[str, ...] = ()) -> bool:
     """Whether module `name` is allowed: not forbidden, and no glue unless it is foundation."""
-    if name.startswith(FOUNDATION):
+    if name.startswith(FOUNDATION) or name in exceptions:
         return True
     return not any(name == f or name.startswith(f + ".") for f in (*forbidden, *GLUE))
 
@@ -59,7 +65,7 @@ def test_a_layer_imports_nothing_above_it(layer: str) -> None:
         f"{path.relative_to(ROOT)}: {name}"
         for path in files
         for name in imports(path)
-        if not below(name, forbidden)
+        if not below(name, forbidden, EXCEPTIONS.get(layer, ()))
     }
     assert not wrong, sorted(wrong)
 
@@ -69,3 +75,19 @@ def test_the_foundation_imports_no_seglab_module() -> None:
         path = ROOT / (module.replace(".", "/") + ".py")
         seglab = {name for name in imports(path) if name.startswith("src")}
         assert not seglab, (module, seglab)
+
+
+def test_the_tensor_code_imports_without_lightning_or_hydra() -> None:
+    """Every module of src/models, src/losses and the metrics, imported in a fresh interpreter."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import src.metrics\n"
+        "for name in ('src.models', 'src.losses'):\n"
+        "    package = importlib.import_module(name)\n"
+        "    for module in pkgutil.walk_packages(package.__path__, name + '.'):\n"
+        "        importlib.import_module(module.name)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'pytorch_lightning', 'hydra'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -53,7 +53,7 @@ def test_an_incomplete_batch_is_dropped_only_when_a_full_one_exists(
 ) -> None:
     stems = [f"s{i}" for i in range(images + 1)]
     write_folder(tmp_path, stems, splits={"train": stems[:-1], "val": stems[-1:]})
-    datamodule = FolderDataModule(str(tmp_path), num_classes=2, batch_size=batch_size, num_workers=0)
+    datamodule = FolderDataModule(str(tmp_path), num_classes=2, batch_size=batch_size, num_workers=0, pad_multiple=32)
     datamodule.setup("fit")
     assert datamodule.train_batches_per_device(world_size=1) == batches
     assert [len(batch["name"]) for batch in datamodule.train_dataloader()] == sizes
@@ -62,7 +62,7 @@ def test_an_incomplete_batch_is_dropped_only_when_a_full_one_exists(
 def test_per_process_batches_follow_the_distributed_split(tmp_path: Path) -> None:
     stems = [f"s{i}" for i in range(6)]
     write_folder(tmp_path, stems, splits={"train": stems[:5], "val": stems[5:]})
-    datamodule = FolderDataModule(str(tmp_path), num_classes=2, batch_size=4, num_workers=0)
+    datamodule = FolderDataModule(str(tmp_path), num_classes=2, batch_size=4, num_workers=0, pad_multiple=32)
     # 5 images on 2 processes: 3 each (DistributedSampler pads), 2 per process and batch
     assert datamodule.train_images_per_device(2) == 3 and datamodule.train_batches_per_device(2) == 1
     assert datamodule.train_batches_per_device(4) == 2  # 2 images each, 1 per process and batch
@@ -81,6 +81,8 @@ def test_smoke_trains_on_a_folder_of_two_images(two_images: Path, tmp_path: Path
     assert summary["global_step"] == 2  # 2 epochs of one batch of both images
     assert summary["final"]["epoch"] == 1 and summary["best"]["val/mIoU"] is not None
     assert 0 < summary["wall_time_s"] < span  # the fit's own time, inside the command's
+    assert "split 'train' has 2 images per process, fewer than data.batch_size=4 (4 per process): " \
+           "each epoch trains one batch of 2" in result.stdout  # fmt: skip
 
 
 def test_a_run_with_no_training_batch_fails_before_fit(two_images: Path, tmp_path: Path) -> None:

@@ -208,6 +208,8 @@ class SegDataModule(L.LightningDataModule):
         # as Lightning reads limit_train_batches: an int counts batches, a float is a fraction
         kept = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
         if kept > 0:
+            if trainer.is_global_zero:
+                self._warn_if_smaller_than_a_batch(world)
             return
         found = (
             f"split '{self.train_split}' under {self.root} has {len(self.split_pairs(self.train_split))} "
@@ -221,6 +223,16 @@ class SegDataModule(L.LightningDataModule):
         else:
             fix = "set trainer.limit_train_batches to a positive number of batches (or 1.0 for all of them)"
         raise UserError(f"no training batch: {found}; {fix}")
+
+    def _warn_if_smaller_than_a_batch(self, world_size: int) -> None:
+        """Say so when an epoch trains one batch smaller than data.batch_size (train_batches_per_device)."""
+        images, batch = self.train_images_per_device(world_size), self.per_device_batch_size(world_size)
+        if images < batch:
+            log.warning(
+                "split '%s' has %d images per process, fewer than data.batch_size=%d (%d per process): "
+                "each epoch trains one batch of %d",
+                self.train_split, images, self.batch_size, batch, images,
+            )  # fmt: skip
 
     def _loader(self, split: str) -> DataLoader:
         train = split == "train"
