@@ -56,7 +56,7 @@ def checkpoint_dirs(trainer: L.Trainer) -> list[Path]:
 def newest_checkpoint(folders: list[Path]) -> Path | None:
     """The most recently written `.ckpt` file in `folders`, None when there is none."""
     found = [path for folder in folders if folder.is_dir() for path in folder.glob("*.ckpt")]
-    return max(found, key=lambda path: path.stat().st_mtime, default=None)
+    return max(found, key=lambda path: path.stat().st_mtime_ns, default=None)
 
 
 def unwritten_metrics(path: Path, err: OSError, folders: list[Path]) -> str:

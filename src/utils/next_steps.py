@@ -33,7 +33,7 @@ def best_checkpoint(trainer: Any) -> Path | None:
             return Path(callback.best_model_path)
     saved = [Path(p) for cb in callbacks for p in (cb.last_model_path, cb.best_model_path) if p]
     saved = [path for path in saved if path.is_file()]
-    return max(saved, key=lambda path: path.stat().st_mtime) if saved else None
+    return max(saved, key=lambda path: path.stat().st_mtime_ns) if saved else None
 
 
 def tensorboard_dir(trainer: Any) -> str | None:
