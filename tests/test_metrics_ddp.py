@@ -1,4 +1,4 @@
-"""The metric is exact under DDP: 2 CPU processes (gloo) give the 1-process confusion matrix, set size odd."""
+"""The metrics are exact under DDP: 2 CPU processes (gloo) give the 1-process numbers, set size odd."""
 
 from __future__ import annotations
 
@@ -18,7 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # also when run as a script (the Lightning-level check below)
 
 from src.data.samplers import UnpaddedDistributedSampler  # noqa: E402
-from src.metrics import SegmentationMetrics  # noqa: E402
+from src.metrics import (  # noqa: E402
+    BoundaryFScore,
+    BoundaryIoU,
+    CalibrationError,
+    MetricSet,
+    PerImageScores,
+    SegmentationMetrics,
+)
+from tests.helpers.label_maps import NUM_CLASSES as SCENE_CLASSES  # noqa: E402
+from tests.helpers.label_maps import scenes  # noqa: E402
 
 NUM_CLASSES, ABSENT, NUM_SAMPLES = 5, 3, 7  # 7 samples over 2 processes: not divisible
 
@@ -37,8 +46,46 @@ def make_samples(path: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return samples
 
 
+def make_scenes(path: Path) -> list[dict]:
+    """Images of different sizes with probabilities and names, for every metric of the set."""
+    generator = torch.Generator().manual_seed(0)
+    items = []
+    for index, (pred, label) in enumerate(scenes(NUM_SAMPLES)):
+        logits = torch.randn(SCENE_CLASSES, *label.shape, generator=generator) * 3
+        logits.scatter_add_(0, torch.from_numpy(pred)[None], torch.full((1, *label.shape), 4.0))
+        probs = logits.softmax(0)
+        # a confidence of exactly 1.0
+        probs[:, 0, 0] = torch.nn.functional.one_hot(torch.tensor(1), SCENE_CLASSES)
+        items.append({"probs": probs, "target": torch.from_numpy(label), "name": f"scene_{index}"})
+    torch.save(items, path)
+    return items
+
+
+def full_metric_set() -> MetricSet:
+    """Every metric of the set, options off their defaults where that exercises more."""
+    return MetricSet(
+        {
+            "miou": SegmentationMetrics(SCENE_CLASSES),
+            "boundary_iou": BoundaryIoU(SCENE_CLASSES, dilation_ratio=0.1),
+            "boundary_f1": BoundaryFScore(SCENE_CLASSES, tolerance_px=1.5),
+            "calibration": CalibrationError(SCENE_CLASSES, bins=10),
+            "per_image": PerImageScores(SCENE_CLASSES),
+        }
+    )
+
+
+def metric_set_results(items: list[dict], indices) -> dict:
+    """Every metric's compute() after updating on `items[indices]`, one image at a time."""
+    metrics = full_metric_set()
+    for index in indices:
+        item = items[index]
+        probs = item["probs"].unsqueeze(0)
+        metrics.update(probs.argmax(1), item["target"].unsqueeze(0), probs, [item["name"]])
+    return metrics.compute()
+
+
 def fast_hist(label: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    """Seed 001's numpy confusion matrix (labels outside [0, n) dropped)."""
+    """The FCN authors' fast_hist (labels outside [0, n) dropped)."""
     k = (label >= 0) & (label < n)
     return np.bincount(n * label[k].astype(int) + pred[k], minlength=n**2).reshape(n, n)
 
@@ -48,7 +95,10 @@ def worker(rank: int, world: int, store: str, samples_path: str, out_path: str) 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         samples = torch.load(samples_path)
-        results = {}
+        items = torch.load(Path(samples_path).with_name("scenes.pt"))
+        results = {
+            "metric_set": metric_set_results(items, UnpaddedDistributedSampler(items, world, rank))
+        }
         for name, sampler in (
             ("unpadded", UnpaddedDistributedSampler(samples, world, rank)),
             ("padded", DistributedSampler(samples, num_replicas=world, rank=rank, shuffle=False)),
@@ -73,13 +123,14 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, dic
     """The samples and rank 0's results of one 2-process gloo run."""
     tmp = tmp_path_factory.mktemp("gloo")
     samples = make_samples(tmp / "samples.pt")
+    make_scenes(tmp / "scenes.pt")
     mp.spawn(
         worker,
         args=(2, str(tmp / "store"), str(tmp / "samples.pt"), str(tmp / "out.pt")),
         nprocs=2,
         join=True,
     )
-    return samples, torch.load(tmp / "out.pt")
+    return samples, {**torch.load(tmp / "out.pt"), "scenes": torch.load(tmp / "scenes.pt")}
 
 
 def single_process(samples) -> tuple[torch.Tensor, dict]:
@@ -103,6 +154,30 @@ def test_two_gloo_processes_sum_to_the_single_process_matrix(two_process_run) ->
         result["IoU"][ABSENT].isnan()
     )
     assert result["mIoU"].item() == scores["mIoU"].item()
+
+
+def assert_identical(got, expected, where: str) -> None:
+    """Same structure, same values bit for bit (NaN where NaN)."""
+    if isinstance(expected, dict):
+        assert got.keys() == expected.keys(), where
+        for key in expected:
+            assert_identical(got[key], expected[key], f"{where}/{key}")
+    elif isinstance(expected, torch.Tensor):
+        assert got.shape == expected.shape and got.dtype == expected.dtype, where
+        assert torch.equal(got.isnan(), expected.isnan()), where
+        assert torch.equal(got.nan_to_num(0.0), expected.nan_to_num(0.0)), where
+    else:
+        assert got == expected, where
+
+
+@pytest.mark.slow
+def test_every_metric_on_two_processes_equals_one(two_process_run) -> None:
+    _, results = two_process_run
+    items = results["scenes"]
+    single = metric_set_results(items, range(len(items)))
+    assert single["per_image"]["names"] == [f"scene_{i}" for i in range(NUM_SAMPLES)]
+    assert not single["boundary_iou"]["mBIoU"].isnan() and not single["calibration"]["ECE"].isnan()
+    assert_identical(results["metric_set"], single, "metrics")
 
 
 @pytest.mark.slow
@@ -138,7 +213,8 @@ def lightning_confmat(devices: int, data_dir: str, out_path: str) -> None:
     # One image per process and batch in both runs: a validation batch is padded to its largest
     # image, so batch-mates would change what the model sees (and predicts) near the borders.
     overrides = [
-        "debug=smoke", *SMOKE_DATA,
+        "debug=smoke",
+        *SMOKE_DATA,
         f"paths.data_dir={data_dir}",
         f"data.root={data_dir}/synthetic_val5",
         "data.spec.num_val=5",
