@@ -21,8 +21,10 @@ def confusion_matrix(
     pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int
 ) -> torch.Tensor:
     """(C, C) int64 counts, rows = ground truth, columns = prediction; ignore_index pixels excluded."""
+    # int64 before any comparison or product: on a uint8 mask `!= -1` wraps and `* C` overflows
+    target, pred = target.long(), pred.long()
     valid = target != ignore_index
-    index = target[valid].long() * num_classes + pred[valid].long()
+    index = target[valid] * num_classes + pred[valid]
     return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
