@@ -34,6 +34,7 @@ class CalibrationError(SegmentationMetric):
     """Expected and maximum calibration error over valid pixels, and the reliability diagram's bins."""
 
     inputs = ("probs", "target")
+    padding_safe = True
     higher_is_better = False
 
     def __init__(self, num_classes: int, ignore_index: int = 255, bins: int = 15) -> None:
@@ -58,6 +59,7 @@ class CalibrationError(SegmentationMetric):
                 "expected (N, C, H, W) and (N, H, W)"
             )
         confidence, pred = probs.max(1)
+        target = target.long()
         valid = target != self.ignore_index
         confidence = confidence[valid].double()
         correct = (pred[valid] == target[valid]).double()

@@ -40,6 +40,9 @@ class SegmentationMetric(Metric):
     is_differentiable = False
     higher_is_better = True
     inputs: ClassVar[tuple[str, ...]] = ("pred", "target")
+    # True when padding labelled ignore_index changes nothing (pixel counts): such a metric takes a
+    # padded batch in one update; the others (boundaries, per-image rows) see each image at its size.
+    padding_safe: ClassVar[bool] = False
 
     def scalars(self, scores: dict[str, Tensor], class_names: Sequence[str]) -> dict[str, Tensor]:
         """The values to log, named relative to the stage (`mBIoU`, `BIoU/<class>`)."""

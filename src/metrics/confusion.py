@@ -57,6 +57,8 @@ def scores_from_confusion(matrix: torch.Tensor) -> dict[str, torch.Tensor]:
 class SegmentationMetrics(SegmentationMetric):
     """Accumulates a C x C confusion matrix (summed across processes) and reports `scores_from_confusion`."""
 
+    padding_safe = True
+
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -76,9 +78,9 @@ class SegmentationMetrics(SegmentationMetric):
         self.confmat += confusion_matrix(pred, target, self.num_classes, self.ignore_index)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """Scores over everything accumulated since the last reset (all processes' counts summed)."""
+        """Scores over everything accumulated since the last reset (all processes' counts summed), and the matrix."""
         self.last_confmat = self.confmat.detach().clone()
-        return scores_from_confusion(self.confmat)
+        return {**scores_from_confusion(self.confmat), "confmat": self.last_confmat}
 
     def scalars(
         self, scores: dict[str, torch.Tensor], class_names: Sequence[str]
