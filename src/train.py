@@ -18,6 +18,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from src.utils.errors import UserError, exit_on_user_error  # noqa: E402
+from src.utils.metric_config import check_metric_names  # noqa: E402
 from src.utils.resolvers import check_required  # noqa: E402
 from src.utils.run_guard import LAST, check_resume_config, resume_checkpoint  # noqa: E402
 
@@ -110,4 +111,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    with exit_on_user_error():  # Hydra would not name the choices of a misspelt metrics=[...]
+        check_metric_names(sys.argv[1:])
     main()

@@ -24,6 +24,7 @@ from src.losses.common import LossConfigError, as_class_weights
 from src.losses.composite import CompositeLoss
 from src.models.complexity import complexity_summary
 from src.utils.errors import UserError, find_user_error
+from src.utils.metric_config import build_metrics
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +161,16 @@ def model_size(model: nn.Module, side: int) -> dict[str, float]:
     return stats
 
 
-def build_module(cfg: DictConfig, model: nn.Module, loss: nn.Module) -> L.LightningModule:
-    """`instantiate(cfg.module)` around the model and loss, with the resolved config for checkpoints."""
+def build_module(
+    cfg: DictConfig, model: nn.Module, loss: nn.Module, metrics: Any = None
+) -> L.LightningModule:
+    """`instantiate(cfg.module)` around the model, loss and metric set, with the resolved config for checkpoints."""
     config = plain_config(cfg)
     if cfg.get("model_size_at"):
         config["model_size"] = model_size(model, int(cfg.model_size_at))  # TensorBoard's HPARAMS tab
     # a partial: `config` is also the name of instantiate's own first parameter
     make_module = hydra.utils.instantiate(cfg.module, _partial_=True)
-    return make_module(model=model, loss=loss, config=config)
+    return make_module(model=model, loss=loss, config=config, metrics=metrics)
 
 
 def build_callbacks(callbacks_cfg: DictConfig | None) -> list[L.Callback]:
@@ -248,7 +251,10 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = (), *
 def build_run(cfg: DictConfig, trainer: bool = True) -> Run:
     """Datamodule, model, loss, module and (unless `trainer=False`) Trainer of a training config."""
     datamodule = build_datamodule(cfg.data)  # a wrong data.root fails here, before any model is built
+    metrics = None  # a config without `metrics` (built in code): the module's mIoU family
+    if cfg.get("metrics") is not None:  # a bad metric option fails here too
+        metrics = build_metrics(cfg.metrics, datamodule.num_classes, datamodule.ignore_index)
     loss = build_loss(cfg.loss, datamodule)
     model = hydra.utils.instantiate(cfg.model)
-    module = build_module(cfg, model, loss)
+    module = build_module(cfg, model, loss, metrics)
     return Run(datamodule, model, loss, module, build_trainer(cfg) if trainer else None)
