@@ -1,9 +1,10 @@
 """Lightning callback: each validation epoch, show every logger that takes images what the model predicts.
 
 Logs a grid of a fixed set of validation samples (image, ground truth, prediction in palette
-colours) and the row-normalised confusion matrix of the epoch as images: to TensorBoard as images at
-the step of the epoch's scalars, to MLflow as artifacts `val/samples/epoch_003.png` (and
-`val/confusion_matrix/...`), to W&B as images. CSV takes none. Per-class IoU and the learning rate are
+colours), the row-normalised confusion matrix of the epoch and, when the metrics include
+calibration, its reliability diagram as images: to TensorBoard as images at the step of the epoch's
+scalars, to MLflow as artifacts `val/samples/epoch_003.png` (and `val/confusion_matrix/...`,
+`val/reliability/...`), to W&B as images. CSV takes none. Per-class IoU and the learning rate are
 scalars logged by the module and LearningRateMonitor.
 """
 
@@ -19,10 +20,12 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, W
 
 from src.data.palette import colour_table
 from src.data.transforms import denormalize, padded_size
+from src.metrics import CalibrationError, SegmentationMetrics
 from src.visualization import confusion_matrix_image, sample_grid
 
 GRID_TAG = "val/samples"
 CONFUSION_TAG = "val/confusion_matrix"
+RELIABILITY_TAG = "val/reliability"
 
 # (logger, tag, RGB image H x W x 3 uint8, step, epoch)
 ImageWriter = Callable[[Any, str, np.ndarray, int, int], None]
@@ -33,14 +36,18 @@ def mlflow_artifact_path(tag: str, epoch: int) -> str:
     return f"{tag}/epoch_{epoch:03d}.png"
 
 
-def to_tensorboard(logger: TensorBoardLogger, tag: str, image: np.ndarray, step: int, epoch: int) -> None:
+def to_tensorboard(
+    logger: TensorBoardLogger, tag: str, image: np.ndarray, step: int, epoch: int
+) -> None:
     """An image at `step`, beside the epoch's val scalars."""
     logger.experiment.add_image(tag, image, step, dataformats="HWC")
 
 
 def to_mlflow(logger: MLFlowLogger, tag: str, image: np.ndarray, step: int, epoch: int) -> None:
     """A PNG artifact per epoch."""
-    logger.experiment.log_image(logger.run_id, image, artifact_file=mlflow_artifact_path(tag, epoch))
+    logger.experiment.log_image(
+        logger.run_id, image, artifact_file=mlflow_artifact_path(tag, epoch)
+    )
 
 
 def to_wandb(logger: WandbLogger, tag: str, image: np.ndarray, step: int, epoch: int) -> None:
@@ -78,7 +85,9 @@ class SegmentationImageLogger(L.Callback):
     ) -> None:
         self.num_samples = int(num_samples)
         self.table = colour_table(palette, ignore_index)
-        self.pad_multiple = int(pad_multiple)  # each sample is predicted at its size padded as validation pads it
+        self.pad_multiple = int(
+            pad_multiple
+        )  # each sample is predicted at its size padded as validation pads it
         self.normalize = normalize
         # (normalised image at its padded size, mask at original size): the first validation
         # batches, which an unshuffled loader gives in the same order every epoch.
@@ -123,15 +132,33 @@ class SegmentationImageLogger(L.Callback):
         images = {}
         if self.samples:
             images[GRID_TAG] = self.grid(pl_module)
-        confmat = getattr(getattr(pl_module, "val_metrics", None), "last_confmat", None)
-        names = getattr(pl_module, "class_names", None)
-        if confmat is not None and names is not None:
-            images[CONFUSION_TAG] = confusion_matrix_image(confmat, names)
+        images.update(self.metric_images(pl_module))
         # The step Lightning gives this epoch's val/* scalars, so images and numbers line up.
         step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
         for logger, write in writers:
             for tag, image in images.items():
                 write(logger, tag, image, step, trainer.current_epoch)
+
+    @staticmethod
+    def metric_images(pl_module: L.LightningModule) -> dict[str, np.ndarray]:
+        """The epoch's confusion matrix and, with calibration among the metrics, its reliability diagram."""
+        from src.evaluation.reliability import reliability_bins, reliability_diagram
+
+        metrics, names = (
+            getattr(pl_module, "val_metrics", None),
+            getattr(pl_module, "class_names", None),
+        )
+        if metrics is None or names is None:
+            return {}
+        images = {}
+        confusion = metrics.last(SegmentationMetrics)
+        if confusion is not None:
+            images[CONFUSION_TAG] = confusion_matrix_image(confusion["confmat"], names)
+        calibration = metrics.last(CalibrationError)
+        if calibration is not None:
+            ece, mce = (float(calibration[key]) for key in ("ECE", "MCE"))
+            images[RELIABILITY_TAG] = reliability_diagram(reliability_bins(calibration), ece, mce)
+        return images
 
     @torch.no_grad()
     def grid(self, pl_module: L.LightningModule) -> Any:
