@@ -63,7 +63,7 @@ def evaluation_module(
     metrics = build_metrics(
         cfg.get("metrics"), cfg.data.num_classes, cfg.data.ignore_index, PER_IMAGE
     )
-    model, hparams = model_from_checkpoint(cfg.ckpt_path)
+    model, hparams = model_from_checkpoint(cfg.ckpt_path, list(cfg.trust.model_targets))
     # the images are normalised as the checkpoint's model was trained to see them
     normalize = input_convention(hparams).normalize
     log.info("inputs normalised as in training: data.normalize=%s", normalize)

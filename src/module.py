@@ -24,6 +24,7 @@ from torch.optim.lr_scheduler import PolynomialLR
 
 from src.inference import InferenceOptions, probabilities, segment_padded_scores
 from src.metrics import MetricSet, SegmentationMetrics
+from src.models.contract import auxiliary_logits, main_logits
 from src.utils.errors import UserError
 from src.utils.hparams import log_run_config
 
@@ -68,9 +69,7 @@ def parameter_groups(
     return [{"params": others}, bias_group]
 
 
-def build_optimizer(
-    factory: OptimizerFactory, groups: list[dict[str, Any]]
-) -> torch.optim.Optimizer:
+def build_optimizer(factory: OptimizerFactory, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     """The configured optimiser over `groups`, each group's `lr_factor` multiplied into its lr."""
     optimizer = factory(params=groups)
     for group in optimizer.param_groups:
@@ -184,13 +183,11 @@ class SegmentationModule(L.LightningModule):
             # stay those of the eager model, unlike wrapping it in torch.compile(model).
             self.model.compile()
         # metrics=None (a module built in code): the mIoU family, the config's default
-        self.val_metrics = (
-            metrics
-            if metrics is not None
-            else MetricSet({"miou": SegmentationMetrics(num_classes, ignore_index)})
-        )
+        if metrics is None:
+            metrics = MetricSet({"miou": SegmentationMetrics(num_classes, ignore_index)})
+        self.val_metrics = metrics
         # trainer.test (src/eval.py) keeps its own states; `inference` is how it predicts
-        self.test_metrics = copy.deepcopy(self.val_metrics)
+        self.test_metrics = copy.deepcopy(metrics)
         self.inference = inference or InferenceOptions()
         self.pad_multiple = int(pad_multiple)
         self.test_results: dict[str, dict[str, Any]] = {}
@@ -198,8 +195,7 @@ class SegmentationModule(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (N, C, H, W) for normalised images (N, 3, H, W)."""
-        out = self._forward_raw(images)
-        return out["out"] if isinstance(out, dict) else out
+        return main_logits(self._forward_raw(images))
 
     def _forward_raw(self, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         if self.channels_last:
@@ -210,9 +206,9 @@ class SegmentationModule(L.LightningModule):
         self, out: torch.Tensor | dict[str, torch.Tensor], mask: torch.Tensor
     ) -> tuple[torch.Tensor, dict]:
         """Total loss and its logged parts; an auxiliary head (torchvision models) adds aux_weight x its loss."""
-        logits, aux = (out["out"], out.get("aux")) if isinstance(out, dict) else (out, None)
-        total = self.loss(logits, mask)
+        total = self.loss(main_logits(out), mask)
         parts = dict(getattr(self.loss, "last_terms", {}))
+        aux = auxiliary_logits(out)
         if aux is not None:
             aux_loss = self.loss(aux, mask)
             parts["aux"] = aux_loss.detach()
@@ -236,11 +232,7 @@ class SegmentationModule(L.LightningModule):
         if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
             return
         last = newest_checkpoint(self.trainer)
-        kept = (
-            f"the last good checkpoint {last} is kept"
-            if last
-            else "no checkpoint had been written yet"
-        )
+        kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint had been written yet"
         raise NonFiniteLossError(
             f"non-finite training loss ({loss.detach().float().item()}) at global step {self.global_step} "
             f"(epoch {self.current_epoch}, batch {batch_idx}): stopped before this step's optimiser "
@@ -259,9 +251,7 @@ class SegmentationModule(L.LightningModule):
         # softmax only when a metric reads probabilities (calibration): nothing extra otherwise
         probs = logits.float().softmax(1) if self.val_metrics.needs("probs") else None
         sizes = batch["sizes"].tolist() if "sizes" in batch else None
-        self.val_metrics.update_padded(
-            logits.argmax(1), batch["mask"], sizes, probs, batch.get("name")
-        )
+        self.val_metrics.update_padded(logits.argmax(1), batch["mask"], sizes, probs, batch.get("name"))
 
     def on_validation_epoch_end(self) -> None:
         """Log every metric of the set under val/ (mIoU, IoU/<class>, ...) and the best mIoU so far."""
@@ -276,17 +266,11 @@ class SegmentationModule(L.LightningModule):
         sizes = batch["sizes"].tolist()
         names = batch.get("name") or [f"{batch_idx}_{i}" for i in range(len(sizes))]
         needs_probs = self.test_metrics.needs("probs")
-        scores = segment_padded_scores(
-            self, batch["image"], sizes, self.inference, self.pad_multiple
-        )
-        for image_scores, mask, (height, width), name in zip(
-            scores, batch["mask"], sizes, names, strict=True
-        ):
+        scores = segment_padded_scores(self, batch["image"], sizes, self.inference, self.pad_multiple)
+        for image_scores, mask, (height, width), name in zip(scores, batch["mask"], sizes, names, strict=True):
             image_scores = image_scores.unsqueeze(0)
             probs = probabilities(image_scores, self.inference) if needs_probs else None
-            self.test_metrics.update(
-                image_scores.argmax(1), mask[None, :height, :width], probs, [name]
-            )
+            self.test_metrics.update(image_scores.argmax(1), mask[None, :height, :width], probs, [name])
 
     def on_test_epoch_end(self) -> None:
         """Log every metric of the set under test/; `test_results` keeps each metric's full results."""
@@ -311,34 +295,23 @@ class SegmentationModule(L.LightningModule):
         """The configured optimiser, and the LR schedule stepped every iteration."""
         if self.optimizer_factory is None:
             raise UserError("this module was built to evaluate (no optimizer): it cannot train")
-        groups = parameter_groups(
-            self.model, self.hparams.bias_lr_factor, self.hparams.bias_weight_decay
-        )
+        groups = parameter_groups(self.model, self.hparams.bias_lr_factor, self.hparams.bias_weight_decay)
         optimizer = build_optimizer(self.optimizer_factory, groups)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = build_schedule(self.scheduler_factory, optimizer, total)
         self._schedule_lengths = [p.total_iters for p, _ in polynomials(scheduler)]
         if scheduler is None:
             return {"optimizer": optimizer}
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self) -> None:
         """On resume, the restored poly schedule takes this run's length (trainer.max_epochs may change)."""
         if not self.trainer.lr_scheduler_configs:
             return
         scheduler = self.trainer.lr_scheduler_configs[0].scheduler
-        for (schedule, active), total in zip(
-            polynomials(scheduler), self._schedule_lengths, strict=True
-        ):
+        for (schedule, active), total in zip(polynomials(scheduler), self._schedule_lengths, strict=True):
             if schedule.total_iters != total:
-                log.info(
-                    "poly LR: %d steps in the checkpoint, %d in this run: stretched",
-                    schedule.total_iters,
-                    total,
-                )
+                log.info("poly LR: %d steps in the checkpoint, %d in this run: stretched", schedule.total_iters, total)
                 stretch_polynomial(schedule, total, active)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -348,3 +321,4 @@ class SegmentationModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the best mIoU of the interrupted run."""
         self.best_miou = float(checkpoint.get("best_miou", float("-inf")))
+

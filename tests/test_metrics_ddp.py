@@ -85,7 +85,7 @@ def metric_set_results(items: list[dict], indices) -> dict:
 
 
 def fast_hist(label: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    """The FCN authors' fast_hist (labels outside [0, n) dropped)."""
+    """A numpy confusion matrix as `fast_hist` computes it (labels outside [0, n) dropped)."""
     k = (label >= 0) & (label < n)
     return np.bincount(n * label[k].astype(int) + pred[k], minlength=n**2).reshape(n, n)
 
@@ -195,20 +195,36 @@ def test_torch_distributed_sampler_would_count_a_sample_twice(two_process_run) -
 
 # ---- Lightning level: trainer.validate over the smoke datamodule, 1 process vs 2 ("ddp") ----
 
+EVERY_METRIC = "metrics=[miou,boundary_iou,boundary_f1,calibration,per_image]"
+
 
 def lightning_confmat(devices: int, data_dir: str, out_path: str) -> None:
-    """Validate an untrained (seeded) model on a 5-image validation set and save the epoch's summed matrix."""
+    """Validate a seeded random model on a 5-image validation set with every metric; rank 0 saves the
+    epoch's summed confusion matrix, every val/ value logged and the per-image rows."""
     import lightning as L
 
     from src.utils.build import build_run
     from tests.conftest import SMOKE_DATA, compose_config
+    from tests.helpers.models import randomize_batchnorm_statistics, randomize_score_layers
 
-    class SaveConfmat(L.Callback):
-        """Rank 0 saves the epoch's confusion matrix (summed over processes by the metric's compute)."""
+    class SaveResults(L.Callback):
+        """Rank 0 saves what the module computed (summed over processes by each metric's compute)."""
 
         def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             if trainer.is_global_zero:
-                torch.save(pl_module.val_metrics.last_confmat.cpu(), out_path)
+                metrics = pl_module.val_metrics
+                scalars = {
+                    k: v.cpu() for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+                }
+                per_image = metrics.last(PerImageScores)
+                torch.save(
+                    {
+                        "confmat": metrics.last(SegmentationMetrics)["confmat"].cpu(),
+                        "scalars": scalars,
+                        "per_image": {k: per_image[k] for k in ("names", "IoU", "valid")},
+                    },
+                    out_path,
+                )
 
     # One image per process and batch in both runs: a validation batch is padded to its largest
     # image, so batch-mates would change what the model sees (and predicts) near the borders.
@@ -219,11 +235,15 @@ def lightning_confmat(devices: int, data_dir: str, out_path: str) -> None:
         f"data.root={data_dir}/synthetic_val5",
         "data.spec.num_val=5",
         f"data.batch_size={devices}",
+        EVERY_METRIC,
     ]
     cfg = compose_config("train", overrides, Path(out_path).parent / "run")
     L.seed_everything(0)
     run = build_run(cfg, trainer=False)
     module, datamodule = run.module, run.datamodule
+    # random score layers: every class predicted somewhere, so every metric has something to count
+    randomize_score_layers(module.model, 0, std=0.1)
+    randomize_batchnorm_statistics(module.model, 0)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
@@ -235,7 +255,7 @@ def lightning_confmat(devices: int, data_dir: str, out_path: str) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[SaveConfmat()],
+        callbacks=[SaveResults()],
     )
     trainer.validate(module, datamodule=datamodule, verbose=False)
 
@@ -258,9 +278,30 @@ def test_lightning_validate_on_two_processes_equals_one(data_dir: Path, tmp_path
         int((np.array(Image.open(voc / "SegmentationClass" / f"{i}.png")) != 255).sum())
         for i in ids
     )
-    assert int(results[1].sum()) == labelled  # every labelled pixel once
-    assert torch.equal(results[2], results[1])
-    print(json.dumps({"pixels": labelled, "confmat_equal": True}))
+    assert int(results[1]["confmat"].sum()) == labelled  # every labelled pixel once
+    assert torch.equal(results[2]["confmat"], results[1]["confmat"])
+    single, double = results[1]["scalars"], results[2]["scalars"]
+    # the loss is a mean of batch means: not a metric of the set
+    keys = {k for k in single if not k.startswith("val/loss")}
+    assert {
+        "val/mBIoU",
+        "val/mBF",
+        "val/mBF_pooled",
+        "val/ECE",
+        "val/MCE",
+        "val/mIoU_image",
+    } <= keys
+    assert keys == {k for k in double if not k.startswith("val/loss")}
+    for key in sorted(keys):
+        assert torch.equal(double[key].isnan(), single[key].isnan()), key
+        assert torch.equal(double[key].nan_to_num(0.0), single[key].nan_to_num(0.0)), key
+    assert 0 < float(single["val/mBIoU"]) < 1 and 0 < float(single["val/mBF"]) < 1
+    rows = [results[devices]["per_image"] for devices in (1, 2)]
+    assert rows[0]["names"] == rows[1]["names"] == sorted(ids)
+    assert torch.equal(rows[0]["valid"], rows[1]["valid"]) and torch.equal(
+        rows[0]["IoU"].isnan(), rows[1]["IoU"].isnan()
+    )
+    print(json.dumps({"pixels": labelled, "every_metric_equal": True}))
 
 
 if __name__ == "__main__":

@@ -36,18 +36,14 @@ def mlflow_artifact_path(tag: str, epoch: int) -> str:
     return f"{tag}/epoch_{epoch:03d}.png"
 
 
-def to_tensorboard(
-    logger: TensorBoardLogger, tag: str, image: np.ndarray, step: int, epoch: int
-) -> None:
+def to_tensorboard(logger: TensorBoardLogger, tag: str, image: np.ndarray, step: int, epoch: int) -> None:
     """An image at `step`, beside the epoch's val scalars."""
     logger.experiment.add_image(tag, image, step, dataformats="HWC")
 
 
 def to_mlflow(logger: MLFlowLogger, tag: str, image: np.ndarray, step: int, epoch: int) -> None:
     """A PNG artifact per epoch."""
-    logger.experiment.log_image(
-        logger.run_id, image, artifact_file=mlflow_artifact_path(tag, epoch)
-    )
+    logger.experiment.log_image(logger.run_id, image, artifact_file=mlflow_artifact_path(tag, epoch))
 
 
 def to_wandb(logger: WandbLogger, tag: str, image: np.ndarray, step: int, epoch: int) -> None:
@@ -77,17 +73,15 @@ class SegmentationImageLogger(L.Callback):
 
     def __init__(
         self,
+        pad_multiple: int,
         num_samples: int = 4,
         palette: Sequence[Sequence[int]] | None = None,
         ignore_index: int = 255,
-        pad_multiple: int = 32,
         normalize: str = "imagenet",
     ) -> None:
         self.num_samples = int(num_samples)
         self.table = colour_table(palette, ignore_index)
-        self.pad_multiple = int(
-            pad_multiple
-        )  # each sample is predicted at its size padded as validation pads it
+        self.pad_multiple = int(pad_multiple)  # each sample is predicted at its size padded as validation pads it
         self.normalize = normalize
         # (normalised image at its padded size, mask at original size): the first validation
         # batches, which an unshuffled loader gives in the same order every epoch.
@@ -144,10 +138,8 @@ class SegmentationImageLogger(L.Callback):
         """The epoch's confusion matrix and, with calibration among the metrics, its reliability diagram."""
         from src.evaluation.reliability import reliability_bins, reliability_diagram
 
-        metrics, names = (
-            getattr(pl_module, "val_metrics", None),
-            getattr(pl_module, "class_names", None),
-        )
+        metrics = getattr(pl_module, "val_metrics", None)
+        names = getattr(pl_module, "class_names", None)
         if metrics is None or names is None:
             return {}
         images = {}
