@@ -122,3 +122,76 @@ def test_metric_set_feeds_each_metric_what_it_reads() -> None:
         metrics.update(torch.from_numpy(pred), torch.from_numpy(label), None, ["x"])
     metrics.reset()
     assert metrics.metrics["miou"].confmat.sum() == 0
+
+
+def padded_batch(pairs, ignore: int = IGNORE):
+    """pad_collate's layout: images bottom/right-padded with ignore_index to the largest size."""
+    height = max(label.shape[0] for _, label in pairs)
+    width = max(label.shape[1] for _, label in pairs)
+    pred = torch.zeros(len(pairs), height, width, dtype=torch.long)
+    target = torch.full((len(pairs), height, width), ignore, dtype=torch.long)
+    probs = torch.zeros(len(pairs), NUM_CLASSES, height, width)
+    for index, (p, label) in enumerate(pairs):
+        h, w = label.shape
+        pred[index, :h, :w] = torch.from_numpy(p)
+        target[index, :h, :w] = torch.from_numpy(label)
+        probs[index, :, :h, :w] = probability_maps(p)
+    return pred, target, probs, [tuple(label.shape) for _, label in pairs]
+
+
+def probability_maps(pred: np.ndarray) -> torch.Tensor:
+    """Softmax probabilities (C, H, W) whose argmax is `pred`."""
+    logits = torch.nn.functional.one_hot(torch.from_numpy(pred), NUM_CLASSES).permute(2, 0, 1) * 2.0
+    return (logits + 0.1 * torch.arange(NUM_CLASSES).view(-1, 1, 1)).softmax(0)
+
+
+def every_metric() -> MetricSet:
+    return MetricSet(
+        {
+            "miou": SegmentationMetrics(NUM_CLASSES),
+            "boundary_iou": BoundaryIoU(NUM_CLASSES),
+            "calibration": CalibrationError(NUM_CLASSES),
+            "per_image": PerImageScores(NUM_CLASSES),
+        }
+    )
+
+
+def test_padded_batch_scores_each_image_at_its_own_size() -> None:
+    pairs = scenes(5)  # five sizes: the batch is padded to 21 x 31
+    pred, target, probs, sizes = padded_batch(pairs)
+    batched, one_by_one = every_metric(), every_metric()
+    names = [str(i) for i in range(len(pairs))]
+    batched.update_padded(pred, target, sizes, probs, names)
+    for index, (p, label) in enumerate(pairs):
+        one_by_one.update(
+            torch.from_numpy(p)[None],
+            torch.from_numpy(label)[None],
+            probability_maps(p)[None],
+            [str(index)],
+        )
+    got, expected = batched.compute(), one_by_one.compute()
+    for name in ("miou", "boundary_iou", "calibration", "per_image"):
+        for key, value in expected[name].items():
+            if isinstance(value, torch.Tensor):
+                assert torch.allclose(got[name][key], value, equal_nan=True), (name, key)
+            else:
+                assert got[name][key] == value
+    # the band at the padding's edge is not the image frame: without sizes BIoU would differ
+    unsized = every_metric()
+    unsized.update_padded(pred, target, None, probs, names)
+    assert not torch.equal(unsized.compute()["boundary_iou"]["BIoU"], got["boundary_iou"]["BIoU"])
+
+
+def test_padding_safe_metrics_take_the_batch_in_one_update(monkeypatch) -> None:
+    pred, target, probs, sizes = padded_batch(scenes(5))
+    metrics = MetricSet(
+        {"miou": SegmentationMetrics(NUM_CLASSES), "calibration": CalibrationError(NUM_CLASSES)}
+    )
+    calls = []
+    for metric in metrics.metrics.values():
+        original = metric.update
+        monkeypatch.setattr(
+            metric, "update", lambda *a, _o=original, **k: (calls.append(1), _o(*a, **k))
+        )
+    metrics.update_padded(pred, target, sizes, probs, None)
+    assert len(calls) == 2  # one call each, however many images
