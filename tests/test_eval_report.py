@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -312,16 +313,14 @@ BROWSER_ARGS = [
 
 
 def chromium_or_skip() -> str:
-    """The OS's Chromium, installed by scripts/install_browser.sh where possible; else skip with its reason."""
+    """The OS's Chromium (`make test` installs it first: scripts/install_browser.sh); else skip with the reason."""
+    script = ROOT / "scripts" / "install_browser.sh"
     done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "install_browser.sh")],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        ["bash", str(script), "--check"], capture_output=True, text=True, timeout=60
     )
     if done.returncode != 0:
         pytest.skip(f"no headless browser: {done.stderr.strip().splitlines()[-1]}")
-    return "/usr/bin/chromium"
+    return os.environ.get("SEGLAB_CHROMIUM", "/usr/bin/chromium")
 
 
 def expected_value(payload: dict[str, Any], key: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -266,7 +267,12 @@ def test_lightning_validate_on_two_processes_equals_one(data_dir: Path, tmp_path
     for devices in (1, 2):
         out = tmp_path / f"confmat_{devices}.pt"
         command = [sys.executable, __file__, str(devices), str(data_dir), str(out)]
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        # one thread per process in both runs: a convolution's float sums depend on the thread count
+        # (Lightning gives each DDP process cores / processes), and the metrics must see one model output
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         results[devices] = torch.load(out)
     voc = data_dir / "synthetic_val5" / "VOCdevkit" / "VOC2012"
