@@ -47,7 +47,7 @@ PER_IMAGE = {"per_image": {"_target_": "src.metrics.PerImageScores"}}
 
 def output_options(cfg: DictConfig) -> tuple[int, bool]:
     """`worst_k` (images drawn, >= 0) and `report` (write report.html), checked."""
-    worst_k, report = cfg.get("worst_k", 8), cfg.get("report", False)
+    worst_k, report = cfg.worst_k, cfg.report
     if isinstance(worst_k, bool) or not isinstance(worst_k, int) or worst_k < 0:
         raise UserError(f"worst_k={worst_k!r}: expected the number of worst images to draw (>= 0)")
     if not isinstance(report, bool):
@@ -55,9 +55,7 @@ def output_options(cfg: DictConfig) -> tuple[int, bool]:
     return worst_k, report
 
 
-def evaluation_module(
-    cfg: DictConfig, options: InferenceOptions
-) -> tuple[SegmentationModule, Any, dict[str, Any]]:
+def evaluation_module(cfg: DictConfig, options: InferenceOptions) -> tuple[SegmentationModule, Any]:
     """The checkpoint's model in a SegmentationModule that evaluates (no loss, no optimiser), its data."""
     # a misspelt option of a metric fails here, before the checkpoint's model is built
     metrics = build_metrics(
@@ -85,7 +83,7 @@ def evaluation_module(
         inference=options,
         pad_multiple=datamodule.pad_multiple,
     )
-    return module, datamodule, hparams
+    return module, datamodule
 
 
 def collect(
@@ -146,7 +144,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     worst_k, report = output_options(cfg)
     L.seed_everything(cfg.seed, workers=True)
     options = InferenceOptions.from_config(OmegaConf.to_container(cfg.eval, resolve=True), "eval")
-    module, datamodule, _ = evaluation_module(cfg, options)
+    module, datamodule = evaluation_module(cfg, options)
     trainer = build_trainer(cfg)
     trainer.test(module, datamodule=datamodule, verbose=False)
     if not trainer.is_global_zero:  # every process holds the summed scores; rank 0 writes them

@@ -2,7 +2,8 @@
 
 Semantics fixed once for all metrics: labels are int class indices, `ignore_index` pixels count
 nowhere; a score whose denominator is empty is NaN, reported as undefined and left out of every
-mean (never counted as 0 or 1). Every state is a sum, so it reduces across processes exactly.
+mean (never counted as 0 or 1). Every state is a sum, so it reduces across processes exactly (the
+per-image table, a list of rows by nature, is gathered).
 """
 
 from __future__ import annotations
