@@ -65,8 +65,9 @@ class CalibrationError(SegmentationMetric):
         correct = (pred[valid] == target[valid]).double()
         index = confidence_bins(confidence, self.bins)
         self.pixels += torch.bincount(index, minlength=self.bins).double()
-        self.correct += torch.bincount(index, weights=correct, minlength=self.bins)
-        self.confidence += torch.bincount(index, weights=confidence, minlength=self.bins)
+        # scatter_add_, not bincount(weights=...): the latter has no deterministic CUDA kernel
+        self.correct.scatter_add_(0, index, correct)
+        self.confidence.scatter_add_(0, index, confidence)
 
     def compute(self) -> dict[str, Tensor]:
         """ECE, MCE (NaN without valid pixels) and per bin: edges, pixels, accuracy, mean confidence."""
