@@ -62,11 +62,6 @@ def _matches(key: str, names: tuple[str, ...]) -> bool:
     return any(key == name or key.startswith(name + ".") or key.startswith(name + "/") for name in names)
 
 
-def override_key(override: Override) -> str:
-    """The key an override sets, without `+`/`~` and package (`sweep.slots`, `sweep/pruner`)."""
-    return override.key_or_group
-
-
 @dataclass
 class SweepCommand:
     """A parsed sweep command: its composed config and the jobs' overrides, some of them swept."""
@@ -109,14 +104,14 @@ def default_name(config: DictConfig, overrides: list[Override]) -> str:
     """`<preset or driver>-<hash of what the command runs>`: the same command finds the same sweep."""
     choices = OmegaConf.select(config, "hydra.runtime.choices", default={}) or {}
     prefix = choices.get("hparams_search") or str(config.sweep.driver)
-    what = sorted(o.input_line for o in overrides if not _matches(override_key(o), SCHEDULING_KEYS))
+    what = sorted(o.input_line for o in overrides if not _matches(o.key_or_group, SCHEDULING_KEYS))
     digest = hashlib.sha1(json.dumps(what).encode()).hexdigest()[:8]
     return f"{prefix}-{digest}"
 
 
 def sweep_dir_of(config: DictConfig, overrides: list[Override]) -> Path:
     """`hydra.sweep.dir` when the command sets it (as with `-m`), else `sweep.dir`."""
-    if any(override_key(o) == "hydra.sweep.dir" for o in overrides):
+    if any(o.key_or_group == "hydra.sweep.dir" for o in overrides):
         return Path(str(config.hydra.sweep.dir)).expanduser().absolute()
     return Path(str(config.sweep.dir)).expanduser().absolute()
 
@@ -153,15 +148,18 @@ def parse_command(argv: list[str]) -> SweepCommand:
     overrides = parse_overrides(lines)
     plain = [o for o in overrides if not o.is_sweep_override()]
     for override in overrides:
-        if override.is_sweep_override() and _matches(override_key(override), RUNNER_KEYS):
+        if override.is_sweep_override() and _matches(override.key_or_group, RUNNER_KEYS):
             raise UserError(f"{override.input_line}: the runner's own settings cannot be swept")
     config = compose_train_config([o.input_line for o in plain])
     with open_dict(config):
         if config.sweep.name is None:
             config.sweep.name = default_name(config, overrides)
     jobs = with_config_params(overrides, OmegaConf.to_container(config.sweep.params, resolve=False))
-    jobs = [o for o in jobs if not _matches(override_key(o), RUNNER_KEYS)]
-    command = SweepCommand(config, jobs, sweep_dir_of(config, overrides), list(argv))
+    jobs = [o for o in jobs if not _matches(o.key_or_group, RUNNER_KEYS)]
+    sweep_dir = sweep_dir_of(config, overrides)
+    with open_dict(config):
+        config.sweep.dir = str(sweep_dir)  # what a backend reads, whichever of the two keys set it
+    command = SweepCommand(config, jobs, sweep_dir, list(argv))
     for param in command.params:
         check_parameter(param, search=command.search)
     if command.search:
@@ -171,6 +169,10 @@ def parse_command(argv: list[str]) -> SweepCommand:
 
 def check_search(command: SweepCommand) -> None:
     """A search has something to search and, unless it is a grid of lists, a number of trials."""
+    try:
+        import optuna  # noqa: F401
+    except ModuleNotFoundError as err:
+        raise UserError(f"sweep=optuna needs seglab's optuna extra ({err}): pip install -e '.[optuna]'") from None
     if not command.params:
         raise UserError("sweep=optuna has nothing to search: give sweep.params or a sweep on the command line")
     if command.config.sweep.n_trials is None and not all(p.is_list for p in command.params):

@@ -121,8 +121,8 @@ def check_parameter(param: Parameter, search: bool) -> None:
 
 
 def with_config_params(overrides: list[Override], config_params: Mapping[str, Any]) -> list[Override]:
-    """The command's overrides after the sweeps of `sweep.params` (those the command line does not
-    sweep itself), so a job's overrides keep the command's order."""
+    """The command's overrides after the sweeps of `sweep.params` (those whose key the command line
+    does not set itself), so a job's overrides keep the command's order."""
     from_config = parse_overrides(f"{key}={value}" for key, value in config_params.items())
     for override in from_config:
         if not override.is_sweep_override():
@@ -130,5 +130,5 @@ def with_config_params(overrides: list[Override], config_params: Mapping[str, An
                 f"sweep.params.{override.key_or_group}: {override.input_line!r} is a single value, "
                 "not a sweep (a list a,b, choice(), range() or interval())"
             )
-    on_command_line = {o.key_or_group for o in overrides if o.is_sweep_override()}
+    on_command_line = {o.key_or_group for o in overrides}
     return [o for o in from_config if o.key_or_group not in on_command_line] + overrides
