@@ -227,7 +227,9 @@ def test_a_median_pruner_trains_less_and_finds_the_same_best(tmp_path: Path) -> 
         "+fake.quality=" + ",".join(map(str, qualities)),
     )  # fmt: skip
     pruner = ("sweep/pruner=median", "sweep.pruner.n_startup_trials=2", "sweep.pruner.n_warmup_steps=0")
-    for name, extra in (("plain", ()), ("pruned", pruner)):
+    # the grid's order is fixed by the seed, whatever the slots; pruning decisions depend on which
+    # trials have completed, so the pruned search runs one trial at a time
+    for name, extra in (("plain", ("sweep.slots=2",)), ("pruned", pruner)):
         result = run_script(sweep_cmd(tmp_path / name, *search, *extra), timeout=TIMEOUT_S)
         assert result.returncode == 0, result.stderr[-3000:]
     plain, pruned = load_study(tmp_path / "plain"), load_study(tmp_path / "pruned")
@@ -315,6 +317,30 @@ def test_a_stopped_sweep_continues_where_it_stopped(tmp_path: Path, signum: int,
     if driver == "optuna":
         states = [t.state.name for t in load_study(sweep).trials]
         assert states.count("COMPLETE") == 6 and states.count("FAIL") == 2 and len(states) == 8
+
+
+@pytest.mark.slow
+def test_a_killed_trial_continues_from_its_checkpoint_once(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_script(
+        sweep_cmd(
+            sweep, *FAKE, "sweep=optuna", "sweep.slots=2", "trainer.max_epochs=3", "+fake.epoch_s=0.05",
+            "+fake.kill_at=1", "+fake.quality=0.2,0.8",  # each job SIGKILLs itself after epoch 1
+        ),
+        timeout=TIMEOUT_S,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = load_study(sweep).trials
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+    for trial in trials:
+        if trial.state.name == "COMPLETE":  # the re-queued copy, in the killed trial's dir
+            assert trial.system_attrs["failed_trial"] in (0, 1)
+            assert trial.user_attrs["run_dir"] == str(trial.system_attrs["failed_trial"])
+            assert trial.value == pytest.approx(trial.params["fake.quality"])
+    for n in "01":
+        ends = [(e["state"], e["exit_code"]) for e in journal(sweep) if e["event"] == "end" and e["job"] == n]
+        assert ends == [("interrupted", 128 + signal.SIGKILL), ("complete", 0)]
+        assert read_json(sweep / n / "fake.json")["start_epoch"] == 2  # from the checkpoint of epoch 1
 
 
 # --- DDP inside a trial, with src/train.py ----------------------------------------------------------

@@ -6,7 +6,9 @@ epochs of `+fake.epoch_s` seconds each, and writes what a seglab run writes that
 val/mIoU after epoch e is `+fake.quality` * (e + 1) / max_epochs, so the best trial of a search is
 known in advance. Like src/train.py it reports to its Optuna trial after every epoch and stops when
 pruned (exit 0), resumes from `ckpt_path`, and on SIGTERM/SIGINT writes last.ckpt and exits 143/130.
-`+fake.fail=true` exits 1 as a run with a bad value does. `fake.json` records what the run saw.
+`+fake.fail=true` exits 1 as a run with a bad value does; `+fake.kill_at=<epoch>` SIGKILLs itself once
+that epoch is checkpointed, unless it was resumed (out of memory, say). `fake.json` records what the
+run saw.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ def main(cfg: DictConfig) -> None:
             sys.exit(128 + _stop[0])
         values[epoch] = quality * (epoch + 1) / epochs
         write_json_atomic(last, {"epoch": epoch + 1})
+        if fake.get("kill_at") == epoch and not cfg.get("ckpt_path"):
+            os.kill(os.getpid(), signal.SIGKILL)
         if trial is not None:
             trial.report(values[epoch], step=epoch)
             if trial.should_prune():
