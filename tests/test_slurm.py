@@ -1,0 +1,187 @@
+"""Sweep jobs under a real SLURM (scripts/local_slurm.py): submitted through submitit, DDP over SLURM
+tasks, and Lightning's requeue on USR1. Skipped with the script's reason where SLURM cannot start.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from omegaconf import DictConfig, open_dict
+
+from tests.conftest import SMOKE_DATA, compose_config
+from tests.helpers.slurm import local_slurm, slurm_env  # noqa: F401 (fixtures used below)
+
+pytest.importorskip("submitit")
+from src.sweeps.backends import JOB_OUTPUT, Job  # noqa: E402
+from src.sweeps.slurm import KILLED_EXIT_CODE, SlurmBackend  # noqa: E402
+
+# every test submits to the local SLURM, with its variables in the environment
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_env")]
+# A job that SLURM can never schedule pends forever: every wait ends here (5x a smoke run on 2 busy cores).
+TIMEOUT_S = 240
+
+
+def smoke_overrides(data_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
+    """The overrides of a `debug=smoke` run on the session's data, logging under tmp_path."""
+    return [
+        "debug=smoke",
+        *SMOKE_DATA,
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={tmp_path}/logs",
+        *extra,
+    ]
+
+
+def sweep_config(tmp_path: Path, overrides: list[str]) -> DictConfig:
+    """A sweep's config as the runner composes it, with hydra/launcher=slurm_ddp on CPUs."""
+    launcher = [
+        "hydra/launcher=slurm_ddp",
+        "hydra.launcher.gpus_per_node=null",
+        "hydra.launcher.timeout_min=10",
+    ]
+    cfg = compose_config("train", [*overrides, *launcher], tmp_path / "unused")
+    with open_dict(cfg):
+        cfg.sweep = {"script": "src/train.py", "stop_grace_s": 60, "dir": str(tmp_path / "sweep")}
+    return cfg
+
+
+def make_job(tmp_path: Path, number: int, overrides: list[str]) -> Job:
+    run_dir = tmp_path / "sweep" / str(number)
+    return Job(
+        number=number,
+        overrides=[*overrides, f"hydra.run.dir={run_dir}"],
+        run_dir=run_dir,
+        env={},
+        slot=number,
+    )
+
+
+def wait_for_exit(backend: SlurmBackend, handles: list, jobs: list[Job]) -> list[int]:
+    """Every job's exit code; after TIMEOUT_S the jobs are cancelled and the test fails with their output."""
+    deadline = time.monotonic() + TIMEOUT_S
+    codes: list[int | None] = [None] * len(handles)
+    while None in codes:
+        if time.monotonic() > deadline:
+            subprocess.run(["scancel", *(h.job_id for h in handles)], check=False)
+            outputs = "\n".join(_tail(job.run_dir / JOB_OUTPUT) for job in jobs)
+            pytest.fail(
+                f"SLURM jobs {[h.job_id for h in handles]} not done in {TIMEOUT_S} s:\n{outputs}"
+            )
+        codes = [
+            code if code is not None else backend.poll(h)
+            for code, h in zip(codes, handles, strict=True)
+        ]
+        time.sleep(0.5)
+    return codes
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-3000:] if path.exists() else f"(no {path})"
+
+
+def completion_records(*job_ids: str) -> list[dict[str, str]]:
+    """SLURM's own record of the jobs (`sacct`, here read from the completion log), oldest first."""
+    argv = [
+        "sacct",
+        "--parsable2",
+        "--format=JobID,JobName,State,NNodes,NCPUS",
+        *(f"--jobs={j}" for j in job_ids),
+    ]
+    lines = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.splitlines()
+    names = lines[0].split("|")
+    return [dict(zip(names, line.split("|"), strict=True)) for line in lines[1:]]
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture
+def smoke_data(data_dir: Path, smoke_cfg) -> Path:
+    """The session's smoke dataset, generated before jobs that run at the same time would each write it."""
+    hydra.utils.instantiate(smoke_cfg(f"paths.data_dir={data_dir}").data).prepare_data()
+    return data_dir
+
+
+def uninterrupted_steps(cfg: DictConfig) -> int:
+    """The global step a smoke run ends at: every epoch trains limit_train_batches batches."""
+    return int(cfg.trainer.max_epochs) * int(cfg.trainer.limit_train_batches)
+
+
+# SLURM sends the job USR1 right after step 2 of its first run: a pre-emption at a known step
+PREEMPT_AT_STEP_2 = [
+    "+callbacks.fault._target_=tests.helpers.faults.FaultInjection",
+    "+callbacks.fault.kind=slurm_usr1",
+    "+callbacks.fault.at_step=2",
+]
+
+
+def test_two_slurm_jobs_one_preempted_resumes_to_the_same_step(
+    smoke_data: Path, tmp_path: Path
+) -> None:
+    base = smoke_overrides(smoke_data, tmp_path)
+    cfg = sweep_config(tmp_path, base)
+    backend = SlurmBackend(cfg)
+    jobs = [make_job(tmp_path, 0, base), make_job(tmp_path, 1, [*base, *PREEMPT_AT_STEP_2])]
+    handles = [backend.submit(job) for job in jobs]
+    assert wait_for_exit(backend, handles, jobs) == [0, 0]
+    uninterrupted, preempted = (metrics(job.run_dir) for job in jobs)
+    for summary in (uninterrupted, preempted):
+        assert summary["world_size"] == 1
+        assert 0 <= summary["final"]["val/mIoU"] <= summary["final"]["val/mIoU_best"] <= 1
+    assert preempted["global_step"] == uninterrupted["global_step"] == uninterrupted_steps(cfg)
+    # Lightning saved at step 2 and requeued; the job's second run resumed from that file
+    (hpc_checkpoint,) = jobs[1].run_dir.glob("hpc_ckpt_*.ckpt")
+    assert torch.load(hpc_checkpoint, map_location="cpu", weights_only=True)["global_step"] == 2
+    resumed = (
+        f"resuming from {hpc_checkpoint} (Lightning's SLURM requeue checkpoint), global step 2"
+    )
+    assert resumed in (jobs[1].run_dir / "train.log").read_text()
+    assert not list(jobs[0].run_dir.glob("hpc_ckpt_*.ckpt"))
+    # two SLURM jobs; the second ran twice under one id: requeued (pending again), then completed
+    records = completion_records(*(handle.job_id for handle in handles))
+    history = {
+        job_id: [(r["JobName"], r["State"]) for r in records if r["JobID"] == job_id]
+        for job_id in (h.job_id for h in handles)
+    }
+    assert list(history.values()) == [
+        [("train-0", "COMPLETED")],
+        [("train-1", "PENDING"), ("train-1", "COMPLETED")],
+    ]
+
+
+def test_ddp_job_of_two_slurm_tasks(smoke_data: Path, tmp_path: Path) -> None:
+    base = smoke_overrides(smoke_data, tmp_path, "trainer.devices=2")
+    backend = SlurmBackend(sweep_config(tmp_path, base))
+    job = make_job(tmp_path, 0, base)
+    handle = backend.submit(job)
+    assert wait_for_exit(backend, [handle], [job]) == [0]
+    assert metrics(job.run_dir)["world_size"] == 2
+    # srun started both ranks (SLURM's tasks); Lightning started none of its own
+    log = (job.run_dir / "train.log").read_text()
+    assert "MEMBER: 1/2" in log and "MEMBER: 2/2" in log
+    assert {p.name for p in handle.paths.folder.glob("*_log.out")} == {
+        f"{handle.job_id}_0_log.out",
+        f"{handle.job_id}_1_log.out",
+    }
+    (record,) = completion_records(handle.job_id)
+    assert (record["State"], record["NCPUS"]) == ("COMPLETED", "2")
+
+
+def test_cancelled_pending_job_reports_killed(tmp_path: Path) -> None:
+    # a job whose start is an hour away: cancelled, it never writes a result, and only SLURM's
+    # completion record says it is over (without it submitit would wait forever)
+    base = ["debug=smoke", "+hydra.launcher.additional_parameters.begin=now+3600"]
+    backend = SlurmBackend(sweep_config(tmp_path, base))
+    job = make_job(tmp_path, 0, ["debug=smoke"])
+    handle = backend.submit(job)
+    assert backend.poll(handle) is None
+    backend.cancel(handle)
+    assert backend.poll(handle) == KILLED_EXIT_CODE
+    assert [r["State"] for r in completion_records(handle.job_id)] == ["CANCELLED"]
