@@ -46,6 +46,7 @@ class SegDataModule(L.LightningDataModule):
         self,
         root: str,
         num_classes: int,
+        pad_multiple: int,
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
         batch_size: int = 16,
@@ -59,7 +60,6 @@ class SegDataModule(L.LightningDataModule):
         ignore_color: Sequence[int] | None = None,
         binary_255: bool = False,
         skip_bad: bool = False,
-        pad_multiple: int = 32,
         normalize: str = "imagenet",
     ) -> None:
         super().__init__()
