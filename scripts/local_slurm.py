@@ -262,13 +262,14 @@ def start(state: Path) -> dict[str, str]:
         raise CannotStart(
             f"not installed: {', '.join(missing)}; run `python {sys.argv[0]} install`"
         )
+    state.parent.mkdir(parents=True, exist_ok=True)
+    check_traversable(state.parent)
     stop(state, quiet=True)
     shutil.rmtree(state, ignore_errors=True)
     for sub in ("munge", "ctld", "spool", "log", "pids", "bin"):
         (state / sub).mkdir(parents=True)
         (state / sub).chmod(0o755)  # whatever the umask: munged checks its socket dir
     state.chmod(0o755)
-    check_traversable(state / "munge")
     env = {**os.environ, **cluster_env(state)}
     try:
         launch(state, env)

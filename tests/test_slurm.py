@@ -5,21 +5,24 @@ tasks, and Lightning's requeue on USR1. Skipped with the script's reason where S
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import hydra
 import pytest
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from tests.conftest import SMOKE_DATA, compose_config
+from tests.conftest import ROOT, SMOKE_DATA, compose_config
 from tests.helpers.slurm import local_slurm, slurm_env  # noqa: F401 (fixtures used below)
 
 pytest.importorskip("submitit")
 from src.sweeps.backends import JOB_OUTPUT, Job  # noqa: E402
-from src.sweeps.slurm import KILLED_EXIT_CODE, SlurmBackend  # noqa: E402
+from src.sweeps.slurm import KILLED_EXIT_CODE, SUBMITIT_DIR, SlurmBackend  # noqa: E402
 
 # every test submits to the local SLURM, with its variables in the environment
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_env")]
@@ -40,15 +43,13 @@ def smoke_overrides(data_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
 
 def sweep_config(tmp_path: Path, overrides: list[str]) -> DictConfig:
     """A sweep's config as the runner composes it, with hydra/launcher=slurm_ddp on CPUs."""
-    launcher = [
+    runner = [
         "hydra/launcher=slurm_ddp",
         "hydra.launcher.gpus_per_node=null",
-        "hydra.launcher.timeout_min=10",
+        "sweep.backend=slurm",
+        f"sweep.dir={tmp_path / 'sweep'}",
     ]
-    cfg = compose_config("train", [*overrides, *launcher], tmp_path / "unused")
-    with open_dict(cfg):
-        cfg.sweep = {"script": "src/train.py", "stop_grace_s": 60, "dir": str(tmp_path / "sweep")}
-    return cfg
+    return compose_config("train", [*overrides, *runner], tmp_path / "unused")
 
 
 def make_job(tmp_path: Path, number: int, overrides: list[str]) -> Job:
@@ -114,46 +115,75 @@ def uninterrupted_steps(cfg: DictConfig) -> int:
     return int(cfg.trainer.max_epochs) * int(cfg.trainer.limit_train_batches)
 
 
-# SLURM sends the job USR1 right after step 2 of its first run: a pre-emption at a known step
-PREEMPT_AT_STEP_2 = [
-    "+callbacks.fault._target_=tests.helpers.faults.FaultInjection",
-    "+callbacks.fault.kind=slurm_usr1",
-    "+callbacks.fault.at_step=2",
-]
+def run_sweep(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`python src/sweep.py ... sweep.backend=slurm` in its own session; killed (and its jobs cancelled) on timeout."""
+    command = [
+        sys.executable, "src/sweep.py", f"hydra.sweep.dir={sweep_dir}", "sweep.backend=slurm",
+        "hydra/launcher=slurm_ddp", "hydra.launcher.gpus_per_node=null", *overrides,
+    ]  # fmt: skip
+    runner = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        output, _ = runner.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(runner.pid, signal.SIGKILL)
+        subprocess.run(["scancel", "--me"], check=False)
+        output, _ = runner.communicate()
+        pytest.fail(f"the sweep did not finish in {TIMEOUT_S} s:\n{output[-4000:]}")
+    return subprocess.CompletedProcess(command, runner.returncode, output, "")
 
 
-def test_two_slurm_jobs_one_preempted_resumes_to_the_same_step(
+def slurm_job_ids(run_dir: Path) -> list[str]:
+    """The SLURM jobs submitted for a run dir (submitit keeps one folder per job id there)."""
+    return sorted(path.name for path in (run_dir / SUBMITIT_DIR).iterdir() if path.name.isdigit())
+
+
+def test_sweep_of_two_slurm_jobs_one_preempted_resumes_to_the_same_step(
     smoke_data: Path, tmp_path: Path
 ) -> None:
     base = smoke_overrides(smoke_data, tmp_path)
-    cfg = sweep_config(tmp_path, base)
-    backend = SlurmBackend(cfg)
-    jobs = [make_job(tmp_path, 0, base), make_job(tmp_path, 1, [*base, *PREEMPT_AT_STEP_2])]
-    handles = [backend.submit(job) for job in jobs]
-    assert wait_for_exit(backend, handles, jobs) == [0, 0]
-    uninterrupted, preempted = (metrics(job.run_dir) for job in jobs)
+    sweep_dir = tmp_path / "sweep"
+    # SLURM sends job 1 USR1 right after its step 2 (first run only): a pre-emption at a known step
+    preempt_job_1 = [
+        "+callbacks.fault._target_=tests.helpers.faults.FaultInjection",
+        "+callbacks.fault.kind=slurm_usr1",
+        "+callbacks.fault.at_step=2",
+        "+callbacks.fault.job=1",
+    ]
+    result = run_sweep(sweep_dir, *base, *preempt_job_1, "seed=3,4", "sweep.slots=2")
+    assert result.returncode == 0, result.stdout[-4000:]
+    uninterrupted, preempted = (metrics(sweep_dir / str(number)) for number in (0, 1))
+    assert (uninterrupted["seed"], preempted["seed"]) == (3, 4)
     for summary in (uninterrupted, preempted):
         assert summary["world_size"] == 1
         assert 0 <= summary["final"]["val/mIoU"] <= summary["final"]["val/mIoU_best"] <= 1
-    assert preempted["global_step"] == uninterrupted["global_step"] == uninterrupted_steps(cfg)
+    steps = uninterrupted_steps(compose_config("train", base, tmp_path / "unused"))
+    assert preempted["global_step"] == uninterrupted["global_step"] == steps
     # Lightning saved at step 2 and requeued; the job's second run resumed from that file
-    (hpc_checkpoint,) = jobs[1].run_dir.glob("hpc_ckpt_*.ckpt")
+    (hpc_checkpoint,) = (sweep_dir / "1").glob("hpc_ckpt_*.ckpt")
     assert torch.load(hpc_checkpoint, map_location="cpu", weights_only=True)["global_step"] == 2
     resumed = (
         f"resuming from {hpc_checkpoint} (Lightning's SLURM requeue checkpoint), global step 2"
     )
-    assert resumed in (jobs[1].run_dir / "train.log").read_text()
-    assert not list(jobs[0].run_dir.glob("hpc_ckpt_*.ckpt"))
-    # two SLURM jobs; the second ran twice under one id: requeued (pending again), then completed
-    records = completion_records(*(handle.job_id for handle in handles))
+    assert resumed in (sweep_dir / "1" / "train.log").read_text()
+    assert not list((sweep_dir / "0").glob("hpc_ckpt_*.ckpt"))
+    # two SLURM jobs, one per sweep job; the second ran twice under its id: requeued, then completed
+    (first,), (second,) = slurm_job_ids(sweep_dir / "0"), slurm_job_ids(sweep_dir / "1")
+    records = completion_records(first, second)
     history = {
         job_id: [(r["JobName"], r["State"]) for r in records if r["JobID"] == job_id]
-        for job_id in (h.job_id for h in handles)
+        for job_id in (first, second)
     }
-    assert list(history.values()) == [
-        [("train-0", "COMPLETED")],
-        [("train-1", "PENDING"), ("train-1", "COMPLETED")],
-    ]
+    assert history == {
+        first: [("train-0", "COMPLETED")],
+        second: [("train-1", "PENDING"), ("train-1", "COMPLETED")],
+    }
 
 
 def test_ddp_job_of_two_slurm_tasks(smoke_data: Path, tmp_path: Path) -> None:

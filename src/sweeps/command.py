@@ -146,7 +146,10 @@ def parse_command(argv: list[str]) -> SweepCommand:
             config.sweep.name = default_name(config, overrides)
     fixed, params = split_sweeps(overrides, OmegaConf.to_container(config.sweep.params, resolve=False))
     fixed = [o for o in fixed if not _matches(override_key(o), RUNNER_KEYS)]
-    command = SweepCommand(config, fixed, params, sweep_dir_of(config, overrides), list(argv))
+    sweep_dir = sweep_dir_of(config, overrides)
+    with open_dict(config):
+        config.sweep.dir = str(sweep_dir)  # what a backend reads, whichever of the two keys set it
+    command = SweepCommand(config, fixed, params, sweep_dir, list(argv))
     for param in params:
         check_parameter(param, search=command.search)
     if command.search and not params:

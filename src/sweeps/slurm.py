@@ -22,6 +22,7 @@ asks `sacct`, which needs SLURM's accounting (a cluster without it: docs/slurm.m
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import signal
 import subprocess
@@ -38,6 +39,9 @@ from omegaconf import DictConfig, OmegaConf
 from src.sweeps.backends import JOB_OUTPUT, REPO_ROOT, Job, exit_code
 from src.utils.errors import UserError
 
+log = logging.getLogger(__name__)
+
+SUBMITIT_DIR = ".submitit"
 # What AutoExecutor calls by the same name on every cluster; the rest of hydra-submitit-launcher's
 # SlurmQueueConf goes to SLURM with the `slurm_` prefix (as that launcher does).
 GENERIC_KEYS = (
@@ -154,19 +158,43 @@ def check_tasks_match_devices(config: DictConfig, launcher: Mapping[str, Any]) -
 class SlurmBackend:
     """Submits each job to SLURM through submitit, polls it, and stops it with SIGTERM (see the module docstring).
 
-    submitit's files (sbatch scripts, pickles, each task's log) go to `<sweep.dir>/.submitit`; rank 0's
-    console output to the job's `sweep_job.out`, as with the local backend.
+    submitit's files (the sbatch script, pickles, each task's log) go to `<run dir>/.submitit/<job id>`
+    beside the run they belong to; rank 0's console output to the job's `sweep_job.out`, as with the
+    local backend.
     """
 
-    def __init__(self, config: DictConfig, folder: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, config: DictConfig) -> None:
         self.config = config
         self.script = str(REPO_ROOT / str(config.sweep.script))
         self.stop_grace_s = float(config.sweep.stop_grace_s)
         self.task_name = str(OmegaConf.select(config, "task_name", default="train"))
         check_tasks_match_devices(config, launcher_config(config))
-        folder = Path(folder) if folder is not None else Path(str(config.sweep.dir)) / ".submitit"
-        self.executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
         self._last_forced_poll = float("-inf")
+        self.end_orphaned_jobs(Path(str(config.sweep.dir)))
+
+    def end_orphaned_jobs(self, sweep_dir: Path) -> None:
+        """Stop the SLURM jobs of this sweep that a runner killed outright left queued or running.
+
+        Like the local backend's orphans (which the kernel sends SIGTERM), they get SIGTERM and
+        `sweep.stop_grace_s` to write `last.ckpt`, before this runner plans its jobs: it then
+        resumes them. Only one runner holds a sweep dir at a time, so no live runner's job is hit.
+        """
+        submitted = {
+            path.name: path for path in sweep_dir.glob(f"*/{SUBMITIT_DIR}/*") if path.name.isdigit()
+        }
+        orphans = [job_id for job_id in queued_job_ids() if job_id in submitted]
+        if not orphans:
+            return
+        log.warning(
+            "stopping SLURM job(s) %s left by an earlier run of this sweep", ", ".join(orphans)
+        )
+        for job_id in orphans:
+            stop_job(job_id, queue_state(job_id))
+        deadline = time.monotonic() + self.stop_grace_s
+        while set(orphans) & set(queued_job_ids()) and time.monotonic() < deadline:
+            time.sleep(1.0)
+        for job_id in set(orphans) & set(queued_job_ids()):
+            run_scancel(job_id)
 
     def job_parameters(self, job: Job) -> dict[str, Any]:
         """The executor parameters of one job: the launcher config with this job's trainer.devices / num_nodes."""
@@ -184,14 +212,15 @@ class SlurmBackend:
     def submit(self, job: Job) -> submitit.Job:
         """sbatch the job; its handle is submitit's Job."""
         job.run_dir.mkdir(parents=True, exist_ok=True)
-        self.executor.update_parameters(**self.job_parameters(job))
+        executor = submitit.AutoExecutor(folder=job.run_dir / SUBMITIT_DIR / "%j", cluster="slurm")
+        executor.update_parameters(**self.job_parameters(job))
         command = TrainCommand(
             [sys.executable, self.script, *job.overrides],
             str(REPO_ROOT),
             dict(job.env),
             str(job.run_dir / JOB_OUTPUT),
         )
-        return self.executor.submit(command)
+        return executor.submit(command)
 
     def poll(self, handle: submitit.Job) -> int | None:
         """train.py's exit code once SLURM says the job is over; 137 if SLURM ended it first; None before."""
@@ -213,14 +242,10 @@ class SlurmBackend:
 
         A job still running after `sweep.stop_grace_s` is cancelled (SLURM kills it after its KillWait).
         """
-        state = queue_state(handle.job_id)
-        if state == "RUNNING":
-            run_scancel("--signal=TERM", handle.job_id)
-            if self._wait_until_over(handle, self.stop_grace_s):
-                return
-        if state:
+        stop_job(handle.job_id, queue_state(handle.job_id))
+        if not self._wait_until_over(handle, self.stop_grace_s):
             run_scancel(handle.job_id)
-        self._wait_until_over(handle, self.stop_grace_s)
+            self._wait_until_over(handle, self.stop_grace_s)
 
     def _wait_until_over(self, handle: submitit.Job, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -246,15 +271,27 @@ class SlurmBackend:
 
 def queue_state(job_id: str) -> str:
     """The job's state in SLURM's queue (PENDING, RUNNING, ...); '' once it has left it."""
-    result = subprocess.run(
-        ["squeue", "--noheader", f"--jobs={job_id}", "--format=%T"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = _run(["squeue", "--noheader", f"--jobs={job_id}", "--format=%T"])
     return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def queued_job_ids() -> list[str]:
+    """The ids of this user's jobs in SLURM's queue (pending, running, completing)."""
+    return _run(["squeue", "--me", "--noheader", "--format=%i"]).stdout.split()
+
+
+def stop_job(job_id: str, state: str) -> None:
+    """SIGTERM a running job's tasks (its train.py writes last.ckpt and exits); scancel a pending one."""
+    if state == "RUNNING":
+        run_scancel("--signal=TERM", job_id)  # the job steps only: the batch shell would die of it
+    elif state:
+        run_scancel(job_id)
 
 
 def run_scancel(*args: str) -> None:
     """scancel, its failure ignored: the job may have ended in the meantime."""
-    subprocess.run(["scancel", *args], capture_output=True, check=False)
+    _run(["scancel", *args])
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)

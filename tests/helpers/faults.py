@@ -31,18 +31,18 @@ class FaultInjection(L.Callback):
     to send the job USR1 there (`scancel --signal=USR1`) and waits until Lightning has written its
     requeue checkpoint, so the job is pre-empted exactly at that step. Add it from the command line:
     `+callbacks.fault._target_=tests.helpers.faults.FaultInjection +callbacks.fault.kind=nan_loss
-    +callbacks.fault.at_step=4`.
+    +callbacks.fault.at_step=4` (`+callbacks.fault.job=1`: only in job 1 of a sweep).
     """
 
     KINDS = ("nan_loss", "sigterm", "slurm_usr1")
     SIGNAL_TIMEOUT_S = 60.0
 
-    def __init__(self, kind: str, at_step: int) -> None:
+    def __init__(self, kind: str, at_step: int, job: int | None = None) -> None:
         if kind not in self.KINDS:
             raise ValueError(f"FaultInjection kind={kind!r}; expected one of {self.KINDS}")
         self.kind = kind
         self.at_step = int(at_step)
-        self.fired = False
+        self.fired = job is not None and int(job) != _job_num()  # with `job`, only in that sweep job
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
