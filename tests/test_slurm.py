@@ -1,5 +1,6 @@
 """Sweep jobs under a real SLURM (scripts/local_slurm.py): submitted through submitit, DDP over SLURM
-tasks, and Lightning's requeue on USR1. Skipped with the script's reason where SLURM cannot start.
+tasks, and Lightning's requeue on USR1. Skipped with the script's reason where SLURM cannot start;
+the resources a job asks for are checked without SLURM.
 """
 
 from __future__ import annotations
@@ -21,11 +22,18 @@ from tests.conftest import ROOT, SMOKE_DATA, compose_config
 from tests.helpers.slurm import local_slurm, slurm_env  # noqa: F401 (fixtures used below)
 
 pytest.importorskip("submitit")
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher")  # hydra/launcher=slurm_ddp
 from src.sweeps.backends import JOB_OUTPUT, Job  # noqa: E402
-from src.sweeps.slurm import KILLED_EXIT_CODE, SUBMITIT_DIR, SlurmBackend  # noqa: E402
+from src.sweeps.slurm import KILLED_EXIT_CODE, SUBMITIT_DIR, SlurmBackend, queue_state  # noqa: E402
+from src.sweeps.slurm_resources import job_parameters  # noqa: E402
+from src.utils.errors import UserError  # noqa: E402
 
-# every test submits to the local SLURM, with its variables in the environment
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_env")]
+
+def on_local_slurm(test):
+    """Mark a test that submits to the local SLURM (slow), with its variables in the environment."""
+    return pytest.mark.slow(pytest.mark.usefixtures("slurm_env")(test))
+
+
 # A job that SLURM can never schedule pends forever: every wait ends here (5x a smoke run on 2 busy cores).
 TIMEOUT_S = 240
 
@@ -144,6 +152,7 @@ def slurm_job_ids(run_dir: Path) -> list[str]:
     return sorted(path.name for path in (run_dir / SUBMITIT_DIR).iterdir() if path.name.isdigit())
 
 
+@on_local_slurm
 def test_sweep_of_two_slurm_jobs_one_preempted_resumes_to_the_same_step(
     smoke_data: Path, tmp_path: Path
 ) -> None:
@@ -186,6 +195,7 @@ def test_sweep_of_two_slurm_jobs_one_preempted_resumes_to_the_same_step(
     }
 
 
+@on_local_slurm
 def test_ddp_job_of_two_slurm_tasks(smoke_data: Path, tmp_path: Path) -> None:
     base = smoke_overrides(smoke_data, tmp_path, "trainer.devices=2")
     backend = SlurmBackend(sweep_config(tmp_path, base))
@@ -204,6 +214,7 @@ def test_ddp_job_of_two_slurm_tasks(smoke_data: Path, tmp_path: Path) -> None:
     assert (record["State"], record["NCPUS"]) == ("COMPLETED", "2")
 
 
+@on_local_slurm
 def test_cancelled_pending_job_reports_killed(tmp_path: Path) -> None:
     # a job whose start is an hour away: cancelled, it never writes a result, and only SLURM's
     # completion record says it is over (without it submitit would wait forever)
@@ -215,3 +226,84 @@ def test_cancelled_pending_job_reports_killed(tmp_path: Path) -> None:
     backend.cancel(handle)
     assert backend.poll(handle) == KILLED_EXIT_CODE
     assert [r["State"] for r in completion_records(handle.job_id)] == ["CANCELLED"]
+
+
+@on_local_slurm
+def test_a_new_backend_stops_the_jobs_a_killed_runner_left_in_the_queue(tmp_path: Path) -> None:
+    # the runner that submitted this job died without stopping it; the next run of the sweep must
+    # not start a second run in the same dir while it is queued
+    base = ["debug=smoke", "+hydra.launcher.additional_parameters.begin=now+3600"]
+    cfg = sweep_config(tmp_path, base)
+    orphan = SlurmBackend(cfg).submit(make_job(tmp_path, 0, ["debug=smoke"]))
+    assert queue_state(orphan.job_id) == "PENDING"
+    SlurmBackend(cfg)
+    assert queue_state(orphan.job_id) == ""
+    assert [r["State"] for r in completion_records(orphan.job_id)] == ["CANCELLED"]
+
+
+@on_local_slurm
+def test_cancel_sigterms_a_running_job_which_saves_its_checkpoint(
+    smoke_data: Path, tmp_path: Path
+) -> None:
+    base = smoke_overrides(smoke_data, tmp_path, "trainer.max_epochs=1000")
+    backend = SlurmBackend(sweep_config(tmp_path, base))
+    job = make_job(tmp_path, 0, base)
+    handle = backend.submit(job)
+    last = job.run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + TIMEOUT_S
+    while not last.exists():  # epoch 1 is done: the job is training epoch 2
+        assert backend.poll(handle) is None, _tail(job.run_dir / JOB_OUTPUT)
+        if time.monotonic() > deadline:
+            subprocess.run(["scancel", handle.job_id], check=False)
+            pytest.fail(f"no {last} within {TIMEOUT_S} s:\n{_tail(job.run_dir / JOB_OUTPUT)}")
+        time.sleep(0.5)
+    backend.cancel(handle)
+    assert backend.poll(handle) == 128 + signal.SIGTERM  # train.py's own exit status
+    assert "stopped by SIGTERM at global step" in (job.run_dir / "train.log").read_text()
+    step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    assert step > int(
+        compose_config("train", base, tmp_path / "unused").trainer.limit_train_batches
+    )
+    assert [r["State"] for r in completion_records(handle.job_id)] == ["COMPLETED"]
+
+
+def test_slurm_ddp_asks_one_task_per_device_of_each_job(tmp_path: Path) -> None:
+    cfg = compose_config(
+        "train",
+        [
+            "debug=smoke",
+            "hydra/launcher=slurm_ddp",
+            "hydra.launcher.partition=gpu",
+            "trainer.devices=2",
+        ],
+        tmp_path,
+    )
+    sweep_wide = job_parameters(cfg, ["seed=1"])
+    assert {
+        k: sweep_wide[k] for k in ("nodes", "tasks_per_node", "gpus_per_node", "timeout_min")
+    } == {
+        "nodes": 1,
+        "tasks_per_node": 2,
+        "gpus_per_node": 2,
+        "timeout_min": 1440,
+    }
+    assert sweep_wide["slurm_partition"] == "gpu"
+    # Lightning's requeue signal, not submitit's USR2 (whose default action kills train.py)
+    assert sweep_wide["slurm_additional_parameters"] == {"signal": "USR1@120"}
+    assert "name" not in sweep_wide and "slurm_submitit_folder" not in sweep_wide
+    # a job of the sweep that trains on 4 devices of 2 nodes asks for them
+    own = job_parameters(cfg, ["trainer.devices=4", "trainer.num_nodes=2"])
+    assert (own["nodes"], own["tasks_per_node"], own["gpus_per_node"]) == (2, 4, 4)
+
+
+def test_resources_that_cannot_run_the_job_are_refused(tmp_path: Path) -> None:
+    basic = compose_config("train", ["debug=smoke"], tmp_path)
+    with pytest.raises(UserError, match="hydra/launcher=slurm_ddp"):
+        job_parameters(basic, [])
+    fixed = compose_config(
+        "train", ["debug=smoke", "hydra/launcher=submitit_slurm", "trainer.devices=2"], tmp_path
+    )
+    with pytest.raises(
+        UserError, match=r"1 node\(s\) x 1 task\(s\) but trainer.num_nodes=1 x trainer.devices=2"
+    ):
+        job_parameters(fixed, [])

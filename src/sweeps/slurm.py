@@ -21,43 +21,27 @@ asks `sacct`, which needs SLURM's accounting (a cluster without it: docs/slurm.m
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import submitit
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from src.sweeps.backends import JOB_OUTPUT, REPO_ROOT, Job, exit_code
+from src.sweeps.slurm_resources import check_tasks_match_devices, job_parameters, launcher_config
 from src.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
 SUBMITIT_DIR = ".submitit"
-# What AutoExecutor calls by the same name on every cluster; the rest of hydra-submitit-launcher's
-# SlurmQueueConf goes to SLURM with the `slurm_` prefix (as that launcher does).
-GENERIC_KEYS = (
-    "timeout_min",
-    "mem_gb",
-    "nodes",
-    "cpus_per_task",
-    "gpus_per_node",
-    "tasks_per_node",
-    "stderr_to_stdout",
-)
-# Launcher keys that are no sbatch option: the folder and job name are the backend's, max_num_timeout
-# is submitit's own requeue (Lightning requeues here).
-NOT_SBATCH = ("_target_", "submitit_folder", "name", "max_num_timeout")
-# Overrides a job may carry that change its SLURM resources through slurm_ddp's interpolations.
-RESOURCE_KEYS = ("trainer.devices", "trainer.num_nodes")
 # SLURM states of a job that ended before train.py could return: reported like a killed process.
 KILLED_STATES = (
     "CANCELLED",
@@ -87,72 +71,23 @@ class TrainCommand:
     def __call__(self) -> int:
         """Run the command to its end in this task; 128 + N when signal N ended it."""
         # USR1's default action would end this worker, and SLURM then kills the whole task before
-        # train.py's checkpoint is written; a Python handler (not SIG_IGN) is reset in the child.
+        # train.py's checkpoint is written. A Python handler, unlike SIG_IGN, is not inherited by it.
         signal.signal(signal.SIGUSR1, _ignore_signal)
-        env = {**os.environ, **self.env}
-        if os.environ.get("SLURM_PROCID", "0") != "0":
-            return exit_code(
-                subprocess.call(self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL)
+        rank_0 = os.environ.get("SLURM_PROCID", "0") == "0"
+        with open(self.output, "ab") if rank_0 else contextlib.nullcontext() as output:
+            returncode = subprocess.call(
+                self.argv,
+                cwd=self.cwd,
+                env={**os.environ, **self.env},
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT if rank_0 else None,
             )
-        with open(self.output, "ab") as output:
-            return exit_code(
-                subprocess.call(
-                    self.argv,
-                    cwd=self.cwd,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+        return exit_code(returncode)
 
 
 def _ignore_signal(signum: int, frame: Any) -> None:
     """A handler that does nothing: the worker lives on while train.py handles the signal."""
-
-
-def launcher_config(config: DictConfig) -> dict[str, Any]:
-    """The resolved `hydra.launcher` of a sweep's config, less what is no sbatch option; UserError unless SLURM's."""
-    launcher = OmegaConf.select(config, "hydra.launcher")
-    target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
-    if launcher is None or not target.endswith("SlurmLauncher"):
-        raise UserError(
-            f"sweep.backend=slurm takes its resources from a SLURM launcher config, but hydra.launcher is "
-            f"{target or 'not set'}: add hydra/launcher=slurm_ddp (one DDP run of trainer.num_nodes x "
-            "trainer.devices tasks per job) or hydra/launcher=submitit_slurm"
-        )
-    # key by key: submitit_folder's interpolations (Hydra's sweep dir) are never resolved
-    return {key: _plain(launcher[key]) for key in launcher if key not in NOT_SBATCH}
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def executor_parameters(launcher: Mapping[str, Any]) -> dict[str, Any]:
-    """submitit.AutoExecutor parameters from a resolved SLURM launcher config."""
-    params = {key: value for key, value in launcher.items() if value is not None}
-    delay = params.pop("signal_delay_s", 120)
-    # Lightning's requeue signal; the user's own additional_parameters.signal still wins
-    params["additional_parameters"] = {
-        "signal": f"USR1@{delay}",
-        **params.get("additional_parameters", {}),
-    }
-    return {key if key in GENERIC_KEYS else f"slurm_{key}": value for key, value in params.items()}
-
-
-def check_tasks_match_devices(config: DictConfig, launcher: Mapping[str, Any]) -> None:
-    """Lightning's SLURMEnvironment needs one task per device on each node: say so before submitting."""
-    devices, num_nodes = config.trainer.get("devices"), config.trainer.get("num_nodes", 1)
-    if not isinstance(devices, int) or not isinstance(num_nodes, int):
-        return  # "auto" or a device list: Lightning checks the job's own variables
-    asked = (launcher.get("nodes", 1), launcher.get("tasks_per_node", 1))
-    if asked != (num_nodes, devices):
-        raise UserError(
-            f"hydra.launcher asks {asked[0]} node(s) x {asked[1]} task(s) but trainer.num_nodes={num_nodes} "
-            f"x trainer.devices={devices}: Lightning needs one SLURM task per device "
-            "(hydra/launcher=slurm_ddp sets both from the trainer)"
-        )
 
 
 class SlurmBackend:
@@ -168,6 +103,7 @@ class SlurmBackend:
         self.script = str(REPO_ROOT / str(config.sweep.script))
         self.stop_grace_s = float(config.sweep.stop_grace_s)
         self.task_name = str(OmegaConf.select(config, "task_name", default="train"))
+        check_slurm_commands()
         check_tasks_match_devices(config, launcher_config(config))
         self._last_forced_poll = float("-inf")
         self.end_orphaned_jobs(Path(str(config.sweep.dir)))
@@ -180,7 +116,7 @@ class SlurmBackend:
         resumes them. Only one runner holds a sweep dir at a time, so no live runner's job is hit.
         """
         submitted = {
-            path.name: path for path in sweep_dir.glob(f"*/{SUBMITIT_DIR}/*") if path.name.isdigit()
+            path.name for path in sweep_dir.glob(f"*/{SUBMITIT_DIR}/*") if path.name.isdigit()
         }
         orphans = [job_id for job_id in queued_job_ids() if job_id in submitted]
         if not orphans:
@@ -196,24 +132,13 @@ class SlurmBackend:
         for job_id in set(orphans) & set(queued_job_ids()):
             run_scancel(job_id)
 
-    def job_parameters(self, job: Job) -> dict[str, Any]:
-        """The executor parameters of one job: the launcher config with this job's trainer.devices / num_nodes."""
-        config = self.config
-        parsed = OverridesParser.create().parse_overrides(list(job.overrides))
-        changes = {o.key_or_group: o.value() for o in parsed if o.key_or_group in RESOURCE_KEYS}
-        if changes:
-            config = copy.deepcopy(config)
-            for key, value in changes.items():
-                OmegaConf.update(config, key, value)
-        launcher = launcher_config(config)
-        check_tasks_match_devices(config, launcher)
-        return {**executor_parameters(launcher), "name": f"{self.task_name}-{job.number}"}
-
     def submit(self, job: Job) -> submitit.Job:
         """sbatch the job; its handle is submitit's Job."""
         job.run_dir.mkdir(parents=True, exist_ok=True)
         executor = submitit.AutoExecutor(folder=job.run_dir / SUBMITIT_DIR / "%j", cluster="slurm")
-        executor.update_parameters(**self.job_parameters(job))
+        executor.update_parameters(
+            **job_parameters(self.config, job.overrides), name=f"{self.task_name}-{job.number}"
+        )
         command = TrainCommand(
             [sys.executable, self.script, *job.overrides],
             str(REPO_ROOT),
@@ -267,6 +192,26 @@ class SlurmBackend:
     def _result_file(handle: submitit.Job) -> Path:
         """The result of the job's task 0 (every task writes one; rank 0's is train.py's outcome)."""
         return handle.paths.result_pickle
+
+
+def check_slurm_commands() -> None:
+    """SLURM's commands are here and sacct answers (submitit reads job states from it), else UserError."""
+    missing = [
+        name
+        for name in ("sbatch", "srun", "squeue", "scancel", "sacct")
+        if shutil.which(name) is None
+    ]
+    if missing:
+        raise UserError(
+            f"sweep.backend=slurm needs SLURM's commands, and {', '.join(missing)} is not on PATH: run the "
+            "sweep where jobs are submitted from (a login node), or start scripts/local_slurm.py"
+        )
+    probe = _run(["sacct", "--noheader", "--parsable2", "--format=JobID", "--jobs=1"])
+    if probe.returncode != 0:
+        raise UserError(
+            f"sacct fails here ({probe.stderr.strip() or probe.returncode}); submitit reads job states "
+            "from it. A cluster without accounting needs a job completion log (docs/slurm.md)"
+        )
 
 
 def queue_state(job_id: str) -> str:
