@@ -21,22 +21,20 @@ from src.sweeps.journal import FAILED, JobJournal, sweep_lock, wait_for_orphans 
 from src.sweeps.resources import SlotResources, plan_slots  # noqa: E402
 from src.sweeps.scheduler import Scheduler  # noqa: E402
 from src.sweeps.summary import MANIFEST, summarize  # noqa: E402
-from src.utils.errors import UserError, exit_on_user_error  # noqa: E402
+from src.utils.errors import exit_on_user_error  # noqa: E402
 from src.utils.files import write_json_atomic  # noqa: E402
 
 log = logging.getLogger("sweep")
 
 
 def make_driver(command: SweepCommand, journal: JobJournal):
-    """The grid driver, or the Optuna driver for `sweep=optuna` (which needs the optuna extra)."""
+    """The grid driver, or the Optuna driver for `sweep=optuna`."""
     if not command.search:
         from src.sweeps.grid import GridDriver
 
         return GridDriver(command, journal)
-    try:
-        from src.sweeps.search import OptunaDriver
-    except ModuleNotFoundError as err:
-        raise UserError(f"sweep=optuna needs seglab's optuna extra ({err}): pip install -e '.[optuna]'") from None
+    from src.sweeps.search import OptunaDriver  # parse_command checked that Optuna is installed
+
     return OptunaDriver(command)
 
 
@@ -99,6 +97,9 @@ def run(argv: list[str]) -> int:
 def main() -> None:
     """Command line entry point."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
     with exit_on_user_error():
         code = run(sys.argv[1:])
     sys.exit(code)

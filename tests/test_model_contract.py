@@ -18,8 +18,6 @@ from typing import Any
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
@@ -27,6 +25,7 @@ from torch import nn
 from src.models.contract import SegmentationModel, main_logits
 from src.models.precision import is_narrow
 from tests.conftest import CONF_DIR, ROOT
+from tests.helpers.models import composed_model
 
 NUM_CLASSES = 3  # narrow (< 16 channels): the head layers take the fp32 path under CPU bf16
 TINY_VGG = {"backbone.width": 1 / 16}
@@ -63,16 +62,6 @@ class TinyNet(SegmentationModel):
 
 
 THROWAWAY = {"_target_": f"{__name__}.TinyNet", "num_classes": NUM_CLASSES, "channels": 8, "init_from": None}
-
-
-@functools.cache
-def composed_model(preset: str) -> dict:
-    """`model=<preset>` as `python src/train.py model=<preset>` composes it, unresolved."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"model={preset}", "~sizing"])
-    GlobalHydra.instance().clear()
-    return OmegaConf.to_container(cfg.model)
 
 
 def model_config(preset: str) -> Any:

@@ -6,7 +6,6 @@ for all presets in tests/test_model_contract.py.
 
 from __future__ import annotations
 
-import functools
 import logging
 import urllib.error
 from pathlib import Path
@@ -16,8 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -28,23 +25,12 @@ from src.models.complexity import count_parameters, gflops
 from src.models.contract import main_logits
 from src.models.upsample import bilinear_kernel, bilinear_upsampling
 from src.utils.errors import UserError
-from tests.helpers.models import randomize_score_layers
+from tests.helpers.models import composed_model, randomize_score_layers
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 VGG_PRESETS = ["fcn32s", "fcn16s", "fcn8s", "fcn8s_compact", "fcns"]
 TV_PRESETS = ["tv_fcn_resnet50", "tv_deeplabv3_resnet50"]
 TINY = 1 / 16  # every VGG width becomes max(8, c/16): 8..32 channels, fc6/fc7 256
-
-
-@functools.cache
-def composed_model(preset: str) -> dict:
-    """`model=<preset>` as `python src/train.py` composes it (defaults list included), unresolved."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        # ~sizing: the default run's CPU size (conf/sizing/) would apply to fcn8s
-        cfg = compose(config_name="train", overrides=[f"model={preset}", "~sizing"])
-    GlobalHydra.instance().clear()
-    return OmegaConf.to_container(cfg.model)
 
 
 def build(preset: str, num_classes: int = 3, **overrides: object) -> nn.Module:

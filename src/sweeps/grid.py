@@ -33,9 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def expand_grid(command: SweepCommand) -> list[list[str]]:
-    """Each job's overrides: the product of the swept lists with the fixed overrides, in `-m`'s order."""
-    overrides = [*command.fixed, *(param.override for param in command.params)]
-    (batch,) = BasicSweeper.split_arguments(overrides, max_batch_size=None)
+    """Each job's overrides: the product of the swept lists, in `-m`'s order (the last list varies fastest)."""
+    (batch,) = BasicSweeper.split_arguments(command.overrides, max_batch_size=None)
     return [list(job) for job in batch]
 
 

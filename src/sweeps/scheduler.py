@@ -11,7 +11,6 @@ them) and exits 128 + the signal's number, as a process killed by it would.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import socket
@@ -58,7 +57,6 @@ class Driver(Protocol):
 @dataclass
 class _Running:
     planned: PlannedJob
-    job: Job
     handle: Any
     started: float
 
@@ -83,7 +81,6 @@ class Scheduler:
         self.journal = journal
         self.assign_devices = assign_devices
         self.poll_s = poll_s
-        self.states: dict[str, str] = {}
         self._stop_signal: int | None = None
 
     def run(self) -> int | None:
@@ -157,11 +154,10 @@ class Scheduler:
             resources=where, pid=pid, host=socket.gethostname(), resumed_from=resumed_from,
         )  # fmt: skip
         log.info("job %s started in slot %d: %s", planned.name, resources.slot, " ".join(planned.overrides))
-        return _Running(planned, job, handle, time.monotonic())
+        return _Running(planned, handle, time.monotonic())
 
     def _finish(self, entry: _Running, code: int, stopped: bool) -> None:
         state = self.driver.finished(entry.planned, code, stopped)
-        self.states[entry.planned.name] = state
         self.journal.record(
             "end", entry.planned.name, number=entry.planned.number, state=state, exit_code=code,
             stopped_by_runner=stopped,
@@ -181,11 +177,3 @@ class Scheduler:
             code = self.backend.poll(entry.handle)
             self._finish(entry, code if code is not None else 128 + signal.SIGTERM, stopped=code != 0)
         running.clear()
-
-
-def job_record(run_dir: Path) -> dict[str, Any]:
-    """A job's `sweep_job.json` (empty when the runner wrote none)."""
-    try:
-        return json.loads((run_dir / JOB_RECORD).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}

@@ -28,7 +28,6 @@ from src.sweeps.journal import COMPLETE, FAILED, INTERRUPTED, INTERRUPTED_CODES,
 from src.sweeps.scheduler import PlannedJob
 from src.sweeps.space import Parameter
 from src.sweeps.trial import TrialLink, build_pruner, open_storage
-from src.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class OptunaDriver:
         self.optuna = optuna
         config = command.config.sweep
         self.sweep_dir = command.sweep_dir
-        self.fixed = command.fixed_texts()
+        self.command = command
         self.params = {p.name: p for p in command.params}
         self.distributions = {p.name: p.distribution() for p in command.params}
         self.metric, self.monitor = str(config.metric), str(config.monitor)
@@ -110,9 +109,7 @@ class OptunaDriver:
     def _budget(n_trials: int | None, params: list[Parameter]) -> int:
         size = grid_size(params)
         if n_trials is None:
-            if size is None:
-                raise UserError("sweep.n_trials is needed for a search with interval(): pass sweep.n_trials=<N>")
-            return size
+            return size  # a grid of lists (src/sweeps/command.py refuses n_trials=null otherwise)
         # the grid sampler would walk its points again once every one has been tried
         return min(int(n_trials), size) if size is not None else int(n_trials)
 
@@ -190,9 +187,11 @@ class OptunaDriver:
         if not self._budget_left():
             return None
         trial = self.study.ask(self.distributions)
-        continues = RUN_DIR_ATTR in trial.user_attrs  # a re-queued copy: its run dir exists
+        # a copy re-queued from this sweep dir continues in its dir; one from another runner's dir
+        # (a shared study) starts afresh here
+        continues = self._owned(trial) and RUN_DIR_ATTR in trial.user_attrs
         name = trial.user_attrs[RUN_DIR_ATTR] if continues else str(trial.number)
-        overrides = [*self.fixed, *(self.params[n].assignment(v) for n, v in trial.params.items())]
+        overrides = self.command.job_overrides({n: self.params[n].assignment(v) for n, v in trial.params.items()})
         if not continues:
             trial.set_user_attr(RUN_DIR_ATTR, name)
             trial.set_user_attr(SWEEP_DIR_ATTR, str(self.sweep_dir))

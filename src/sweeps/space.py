@@ -120,22 +120,15 @@ def check_parameter(param: Parameter, search: bool) -> None:
         )
 
 
-def split_sweeps(
-    overrides: list[Override], config_params: Mapping[str, Any]
-) -> tuple[list[Override], list[Parameter]]:
-    """The plain overrides, and the swept ones: `sweep.params` of the config first, the command line's
-    replacing a config entry of the same key."""
-    fixed = [o for o in overrides if not o.is_sweep_override()]
+def with_config_params(overrides: list[Override], config_params: Mapping[str, Any]) -> list[Override]:
+    """The command's overrides after the sweeps of `sweep.params` (those whose key the command line
+    does not set itself), so a job's overrides keep the command's order."""
     from_config = parse_overrides(f"{key}={value}" for key, value in config_params.items())
-    params = {p.key_or_group: Parameter(p) for p in from_config if p.is_sweep_override()}
     for override in from_config:
         if not override.is_sweep_override():
             raise UserError(
                 f"sweep.params.{override.key_or_group}: {override.input_line!r} is a single value, "
                 "not a sweep (a list a,b, choice(), range() or interval())"
             )
-    for override in overrides:
-        if override.is_sweep_override():
-            params.pop(override.key_or_group, None)
-            params[override.key_or_group] = Parameter(override)
-    return fixed, list(params.values())
+    on_command_line = {o.key_or_group for o in overrides}
+    return [o for o in from_config if o.key_or_group not in on_command_line] + overrides

@@ -72,6 +72,21 @@ class TrialLink:
         return optuna.trial.Trial(study, trial_id)
 
 
+def refuse_search_outside_runner(config: Any) -> None:
+    """A search config (`sweep=optuna`, `hparams_search=...`) run by `python src/train.py` itself, not
+    as a trial the runner started, would quietly train one run with the preset's fixed values."""
+    from omegaconf import OmegaConf
+
+    from src.utils.errors import UserError
+
+    if OmegaConf.select(config, "sweep.driver") != "optuna" or os.environ.get(TRIAL_ENV):
+        return
+    raise UserError(
+        "this config is an Optuna search (sweep=optuna): run it with python src/sweep.py and the same "
+        "overrides (python src/train.py runs one of its trials when src/sweep.py starts it)"
+    )
+
+
 def tell_pruned(trial: Any) -> None:
     """Finish the trial as PRUNED (its value is its last reported one)."""
     import optuna
