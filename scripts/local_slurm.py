@@ -30,17 +30,7 @@ from pathlib import Path
 
 DEFAULT_STATE_DIR = Path("/tmp/seglab-slurm")
 PACKAGES = ("slurm-wlm", "munge")
-PROGRAMS = (
-    "munged",
-    "mungekey",
-    "slurmctld",
-    "slurmd",
-    "sbatch",
-    "srun",
-    "squeue",
-    "scancel",
-    "sacct",
-)
+PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scancel", "sacct")  # fmt: skip
 DAEMONS = ("munged", "slurmctld", "slurmd")
 # Lightning's SLURMEnvironment sends every rank to the first node *by name*: it must resolve
 # without DNS, and the daemons talk over loopback.
@@ -65,10 +55,16 @@ def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
 
 
+def program(name: str) -> str | None:
+    """The path of a program on PATH or in /usr/sbin, /sbin (where a user's PATH often stops short)."""
+    return shutil.which(
+        name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    )
+
+
 def missing_programs() -> list[str]:
-    """The programs of slurm-wlm and munge not found on PATH (or in /usr/sbin)."""
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    return [name for name in PROGRAMS if shutil.which(name, path=search) is None]
+    """The programs of slurm-wlm and munge not found."""
+    return [name for name in PROGRAMS if program(name) is None]
 
 
 def require_root(what: str) -> None:
@@ -134,7 +130,7 @@ def hardware_node() -> dict[str, str]:
     Not `nproc`: it obeys OMP_NUM_THREADS, and a node registered with fewer CPUs than it has
     leaves a job asking for more pending forever.
     """
-    result = run(["slurmd", "-C"])
+    result = run([program("slurmd") or "slurmd", "-C"])
     first_line = result.stdout.splitlines()[0] if result.stdout else ""
     fields = dict(item.split("=", 1) for item in first_line.split() if "=" in item)
     if result.returncode != 0 or "CPUs" not in fields:
@@ -283,11 +279,11 @@ def launch(state: Path, env: dict[str, str]) -> None:
     """Write the key and config, start the three daemons and wait for an idle node."""
     munge = state / "munge"
     # a key of our own: munged refuses one not owned by the user it runs as (the package's is munge's)
-    key = run(["mungekey", "--create", f"--keyfile={munge}/munge.key"])
+    key = run([program("mungekey") or "mungekey", "--create", f"--keyfile={munge}/munge.key"])
     if key.returncode != 0:
         raise CannotStart(f"mungekey failed: {key.stderr.strip()}")
     start_daemon(state, "munged", [
-        "munged", "--foreground", f"--key-file={munge}/munge.key", f"--socket={munge}/munge.socket.2",
+        program("munged") or "munged", "--foreground", f"--key-file={munge}/munge.key", f"--socket={munge}/munge.socket.2",
         f"--pid-file={munge}/munged.pid", f"--seed-file={munge}/munged.seed", f"--log-file={state}/log/munged.log",
     ], env)  # fmt: skip
     wait_until((munge / "munge.socket.2").exists, "munged did not open its socket", state)
@@ -296,8 +292,8 @@ def launch(state: Path, env: dict[str, str]) -> None:
     wrapper = state / "bin" / "sacct"
     wrapper.write_text(SACCT_WRAPPER.format(sacct=sacct))
     wrapper.chmod(0o755)
-    start_daemon(state, "slurmctld", ["slurmctld", "-D", "-i"], env)
-    start_daemon(state, "slurmd", ["slurmd", "-D", "-N", NODE_NAME], env)
+    start_daemon(state, "slurmctld", [program("slurmctld") or "slurmctld", "-D", "-i"], env)
+    start_daemon(state, "slurmd", [program("slurmd") or "slurmd", "-D", "-N", NODE_NAME], env)
     wait_until(lambda: node_state(env) == "idle", "the node did not become idle", state)
 
 

@@ -43,15 +43,7 @@ log = logging.getLogger(__name__)
 
 SUBMITIT_DIR = ".submitit"
 # SLURM states of a job that ended before train.py could return: reported like a killed process.
-KILLED_STATES = (
-    "CANCELLED",
-    "PREEMPTED",
-    "TIMEOUT",
-    "NODE_FAIL",
-    "OUT_OF_MEMORY",
-    "DEADLINE",
-    "BOOT_FAIL",
-)
+KILLED_STATES = ("CANCELLED", "PREEMPTED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "DEADLINE", "BOOT_FAIL")  # fmt: skip
 KILLED_EXIT_CODE = 128 + int(signal.SIGKILL)
 # A result younger than this asks SLURM at once (throttled) whether its job is over; older ones (a
 # requeued job's first run) wait for submitit's own polling, which backs off up to minutes.
