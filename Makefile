@@ -20,7 +20,12 @@ train: $(VENV)/.installed  ## train the default config; extra Hydra overrides vi
 $(VENV)/.slurm-installed: scripts/local_slurm.py | $(VENV)/.installed
 	$(PY) scripts/local_slurm.py install && touch $@ || true
 
-test: $(VENV)/.installed $(VENV)/.slurm-installed  ## the whole suite, slow tests included (what CI runs)
+# The report test opens eval.py's report.html in Debian's chromium (scripts/install_browser.sh),
+# installed the same way: once, before pytest; without it that test skips with the reason.
+$(VENV)/.browser-installed: scripts/install_browser.sh | $(VENV)/.installed
+	bash scripts/install_browser.sh && touch $@ || true
+
+test: $(VENV)/.installed $(VENV)/.slurm-installed $(VENV)/.browser-installed  ## the whole suite, slow tests included (what CI runs)
 	$(PY) -m pytest $(ARGS)
 
 test-fast: $(VENV)/.installed  ## skip the slow (DDP, sweep, end-to-end) tests
