@@ -81,7 +81,6 @@ def evaluation_module(cfg: DictConfig, options: InferenceOptions) -> tuple[Segme
         class_names=datamodule.class_names,
         metrics=metrics,
         inference=options,
-        pad_multiple=datamodule.pad_multiple,
     )
     return module, datamodule
 

@@ -159,7 +159,6 @@ class SegmentationModule(L.LightningModule):
         config: Mapping[str, Any] | None = None,
         metrics: MetricSet | None = None,
         inference: InferenceOptions | None = None,
-        pad_multiple: int = 32,
     ) -> None:
         super().__init__()
         # Primitives only (config is the resolved run config as plain containers), so checkpoints
@@ -189,7 +188,6 @@ class SegmentationModule(L.LightningModule):
         # trainer.test (src/eval.py) keeps its own states; `inference` is how it predicts
         self.test_metrics = copy.deepcopy(metrics)
         self.inference = inference or InferenceOptions()
-        self.pad_multiple = int(pad_multiple)
         self.test_results: dict[str, dict[str, Any]] = {}
         self.best_miou = float("-inf")
 
@@ -266,7 +264,9 @@ class SegmentationModule(L.LightningModule):
         sizes = batch["sizes"].tolist()
         names = batch.get("name") or [f"{batch_idx}_{i}" for i in range(len(sizes))]
         needs_probs = self.test_metrics.needs("probs")
-        scores = segment_padded_scores(self, batch["image"], sizes, self.inference, self.pad_multiple)
+        # batches are padded to the datamodule's multiple: each image is predicted on its own padded extent
+        multiple = self.trainer.datamodule.pad_multiple
+        scores = segment_padded_scores(self, batch["image"], sizes, self.inference, multiple)
         for image_scores, mask, (height, width), name in zip(scores, batch["mask"], sizes, names, strict=True):
             image_scores = image_scores.unsqueeze(0)
             probs = probabilities(image_scores, self.inference) if needs_probs else None
