@@ -1,10 +1,13 @@
 """Check a dataset's labels before training: every image and mask read once, every fault listed.
 
     python scripts/check_dataset.py data=voc2012 data.root=/data/VOCdevkit [--out DIR] [--workers N]
+    python scripts/check_dataset.py data=cityscapes data.root=/data/cityscapes
 
 Takes the same Hydra overrides as `src/train.py` (the config is composed from conf/train.yaml).
 Reports undecodable files, image/mask size mismatches, masks missing for listed images, values
-outside [0, num_classes) other than ignore_index (file, value, pixel count) and empty splits, then
+outside [0, num_classes) other than ignore_index (file, value, pixel count), label ids that the
+dataset's table does not define (data.label_map: Cityscapes, ADE20K; file, id, pixel count) and
+empty splits, then
 prints per-class pixel and image counts and writes them as a PNG bar chart (and JSON) into --out
 (default: <paths.log_dir>/check_dataset/<time>/). Exits 1 when anything is wrong.
 """

@@ -35,10 +35,24 @@ def _photometric(option: bool | Mapping[str, Any] | ImageOp | None) -> ImageOp |
 
 
 def _check_size(name: str, value: int) -> int:
-    value = int(value)
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"data.augment.{name}={value}: expected a number of pixels") from None
     if value < 1:
         raise UserError(f"data.augment.{name}={value}: expected a positive number of pixels")
     return value
+
+
+def _check_crop(value: int | Sequence[int]) -> tuple[int, int]:
+    """`crop_size` as (height, width): one side for a square, or [height, width] (Cityscapes' 512x1024)."""
+    if isinstance(value, int | str):
+        side = _check_size("crop_size", value)
+        return side, side
+    sides = list(value)
+    if len(sides) != 2:
+        raise UserError(f"data.augment.crop_size={sides}: expected a side or [height, width]")
+    return _check_size("crop_size", sides[0]), _check_size("crop_size", sides[1])
 
 
 def _check_ignore(ignore_index: int) -> int:
@@ -52,7 +66,8 @@ def _check_ignore(ignore_index: int) -> int:
 class RandomResizeCrop:
     """The `crop` preset (torchvision's segmentation reference and mmseg): resize, crop, flip, colour.
 
-    Resize so the short side is base_size x U(scale_range); take a random crop_size window, redrawn
+    Resize so the short side is base_size x U(scale_range); take a random crop_size window (a side,
+    or [height, width]), redrawn
     up to 10 times while one class fills `cat_max_ratio` or more of its labelled pixels (mmseg's
     RandomCrop), padded bottom/right (mask: ignore_index) where the image is smaller; flip with
     `hflip_prob`; then photometric distortion of the image.
@@ -62,7 +77,7 @@ class RandomResizeCrop:
 
     def __init__(
         self,
-        crop_size: int,
+        crop_size: int | Sequence[int],
         base_size: int,
         scale_range: Sequence[float] = (0.5, 2.0),
         hflip_prob: float = 0.5,
@@ -70,7 +85,7 @@ class RandomResizeCrop:
         photometric: bool | Mapping[str, Any] | ImageOp | None = True,
         ignore_index: int = 255,
     ) -> None:
-        self.crop_size = _check_size("crop_size", crop_size)
+        self.crop_height, self.crop_width = _check_crop(crop_size)
         self.base_size = _check_size("base_size", base_size)
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.hflip_prob = float(hflip_prob)
@@ -84,10 +99,10 @@ class RandomResizeCrop:
         factor = self.base_size * uniform(*self.scale_range) / min(h, w)
         image, mask = resize_pair(image, mask, round(w * factor), round(h * factor))
         top, left = self._window(mask)
-        rows, cols = slice(top, top + self.crop_size), slice(left, left + self.crop_size)
+        rows, cols = slice(top, top + self.crop_height), slice(left, left + self.crop_width)
         # Crop, then pad: the same pixels as padding first, without copying the whole image.
         image, mask = pad_to(
-            image[rows, cols], mask[rows, cols], self.crop_size, self.crop_size, self.ignore_index
+            image[rows, cols], mask[rows, cols], self.crop_height, self.crop_width, self.ignore_index
         )
         if uniform(0.0, 1.0) < self.hflip_prob:
             image, mask = hflip(image, mask)
@@ -98,14 +113,14 @@ class RandomResizeCrop:
 
     def _window(self, mask: np.ndarray) -> tuple[int, int]:
         """Top-left corner of the crop window; padding would add only ignored pixels, so unpadded."""
-        size = self.crop_size
+        height, width = self.crop_height, self.crop_width
         for attempt in range(self.retries + 1):
-            top = randint(0, max(mask.shape[0] - size, 0))
-            left = randint(0, max(mask.shape[1] - size, 0))
+            top = randint(0, max(mask.shape[0] - height, 0))
+            left = randint(0, max(mask.shape[1] - width, 0))
             if self.cat_max_ratio >= 1.0 or attempt == self.retries:
                 break
             if (
-                dominant_ratio(mask[top : top + size, left : left + size], self.ignore_index)
+                dominant_ratio(mask[top : top + height, left : left + width], self.ignore_index)
                 < self.cat_max_ratio
             ):
                 break

@@ -61,6 +61,8 @@ class SegDataModule(L.LightningDataModule):
         skip_bad: bool = False,
         pad_multiple: int = 32,
         normalize: str = "imagenet",
+        label_map: str | None = None,
+        inference: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
@@ -79,9 +81,12 @@ class SegDataModule(L.LightningDataModule):
         self.pad_multiple = int(pad_multiple)
         self.normalize = check_normalization(normalize)
         self._check_config()
+        # the dataset's label ids -> class indices (src/data/label_maps.py); None: masks hold indices
         self.decoder = MaskDecoder(
-            self.num_classes, self.ignore_index, palette, ignore_color, binary_255
+            self.num_classes, self.ignore_index, palette, ignore_color, binary_255, label_map
         )
+        # test-time defaults this dataset suggests (conf/inference/default.yaml reads data.inference)
+        self.inference = dict(inference or {})
         self.skipped_samples = (
             0  # bad samples passed over (data.skip_bad), counted in the main process
         )

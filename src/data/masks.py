@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from src.data.label_maps import LabelMap, check_num_classes, describe_unknown, optional_label_map
 from src.data.palette import voc_palette
 from src.utils.errors import UserError
 
@@ -49,6 +50,10 @@ class MaskDecoder:
     (one colour per class; VOC's colours when None) plus `ignore_color` -> ignore_index. With
     `binary_255`, 255 means class 1 (0/255 masks of two-class data) instead of ignore. A `.mat`
     file is read as SBD's `GTcls.Segmentation` (`read_sbd_mat`).
+
+    With a `label_map` (src/data/label_maps.py) the mask files hold a dataset's label ids, not
+    class indices: each id is mapped through the table, and an id it does not hold is reported
+    with the file. Colour masks are refused then: a benchmark's colour PNGs do not decode to ids.
     """
 
     def __init__(
@@ -58,10 +63,15 @@ class MaskDecoder:
         palette: Sequence[Sequence[int]] | None = None,
         ignore_color: Sequence[int] | None = None,
         binary_255: bool = False,
+        label_map: str | LabelMap | None = None,
     ) -> None:
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
         self.binary_255 = bool(binary_255)
+        self.label_map = optional_label_map(label_map)
+        if self.label_map is not None:
+            self._init_label_map(self.label_map)
+            return
         if self.binary_255 and self.num_classes != 2:
             raise UserError(
                 f"data.binary_255=true maps 0/255 masks to classes 0/1, so it needs data.num_classes=2 "
@@ -75,6 +85,13 @@ class MaskDecoder:
         self._labels = np.array(
             [*range(self.num_classes), self.ignore_index][: len(colours)], dtype=np.uint8
         )[order]
+
+    def _init_label_map(self, label_map: LabelMap) -> None:
+        """Masks of label ids: no colour decoding (the palette only colours pictures)."""
+        check_num_classes(label_map, self.num_classes)
+        if self.binary_255:
+            raise UserError(f"data.binary_255=true cannot be combined with data.label_map={label_map.name}")
+        self.cache_key = f"label_map={label_map.name};ignore_index={self.ignore_index}"
 
     def _palette(
         self, palette: Sequence[Sequence[int]] | None, ignore_color: Sequence[int] | None
@@ -104,6 +121,8 @@ class MaskDecoder:
 
     def __call__(self, path: Path) -> np.ndarray:
         """Return the class indices of the mask file at `path` (raises SampleError naming it)."""
+        if self.label_map is not None:
+            return self._map_label_ids(path)
         if Path(path).suffix.lower() == MAT_SUFFIX:
             mask = self._indices(read_sbd_mat(path), path)
         else:
@@ -112,14 +131,25 @@ class MaskDecoder:
             mask[mask == 255] = 1
         return mask
 
+    def _map_label_ids(self, path: Path) -> np.ndarray:
+        """Class indices of a mask file of label ids, through the label map."""
+        mode, pixels = _read_mask_image(path)
+        if mode not in INDEX_MODES:
+            raise SampleError(
+                f"mask {path} has mode {mode}; data.label_map={self.label_map.name} expects "
+                f"{self.label_map.expected}, single-channel label ids (colour PNGs do not decode to ids)"
+            )
+        mask, unknown = self.label_map.to_classes(pixels, self.ignore_index)
+        if unknown:
+            raise SampleError(
+                f"mask {path} holds label ids that data.label_map={self.label_map.name} does not "
+                f"define: {describe_unknown(unknown)}; expected {self.label_map.expected}"
+            )
+        return mask
+
     def _decode_image(self, path: Path) -> np.ndarray:
         """Class indices of an image mask file, by its mode."""
-        try:
-            with Image.open(path) as img:
-                img.load()
-                mode, pixels = img.mode, np.array(img)
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            raise SampleError(f"cannot decode mask {path}: {err}") from None
+        mode, pixels = _read_mask_image(path)
         if mode in COLOUR_MODES and self.binary_255 and _is_gray(pixels):
             mask = pixels[..., 0].copy()  # a 0/255 mask saved as RGB
         elif mode in COLOUR_MODES:
@@ -160,6 +190,16 @@ class MaskDecoder:
                 f"mask {path} holds colours that are not in data.palette (nor data.ignore_color): {listed}"
             )
         return self._labels[slot]
+
+
+def _read_mask_image(path: Path) -> tuple[str, np.ndarray]:
+    """(PIL mode, pixels) of a mask image file (SampleError naming an unreadable one)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.mode, np.array(img)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise SampleError(f"cannot decode mask {path}: {err}") from None
 
 
 def read_sbd_mat(path: Path) -> np.ndarray:

@@ -146,16 +146,17 @@ def build_loss(loss_cfg: DictConfig, datamodule: Any = None) -> nn.Module:
     return hydra.utils.instantiate(loss_cfg, class_weights=weights)
 
 
-def model_size(model: nn.Module, side: int) -> dict[str, float]:
-    """Parameters and GFLOPs for a `side` x `side` input, logged at start (and stored in hparams)."""
-    stats = complexity_summary(model, (side, side))
+def model_size(model: nn.Module, size: int | Sequence[int]) -> dict[str, float]:
+    """Parameters and GFLOPs for a `size` input (a side, or [height, width]), logged at start (and stored in hparams)."""
+    height, width = (int(size), int(size)) if isinstance(size, int | str) else (int(size[0]), int(size[1]))
+    stats = complexity_summary(model, (height, width))
     log.info(
         "model: %.2fM parameters (%.2fM trainable), %.2f GFLOPs per %dx%d image",
         stats["params_M"],
         stats["trainable_params_M"],
         stats["gflops"],
-        side,
-        side,
+        height,
+        width,
     )
     return stats
 
@@ -164,7 +165,7 @@ def build_module(cfg: DictConfig, model: nn.Module, loss: nn.Module) -> L.Lightn
     """`instantiate(cfg.module)` around the model and loss, with the resolved config for checkpoints."""
     config = plain_config(cfg)
     if cfg.get("model_size_at"):
-        config["model_size"] = model_size(model, int(cfg.model_size_at))  # TensorBoard's HPARAMS tab
+        config["model_size"] = model_size(model, cfg.model_size_at)  # TensorBoard's HPARAMS tab
     # a partial: `config` is also the name of instantiate's own first parameter
     make_module = hydra.utils.instantiate(cfg.module, _partial_=True)
     return make_module(model=model, loss=loss, config=config)

@@ -5,6 +5,9 @@ cannot use `???` for that when an earlier config (its model or data group) alrea
 OmegaConf's merge keeps the earlier value rather than a `???` merged on top of it, so the run
 would start silently with the group's default (an FCN-16s without its FCN-32s, say). The resolver
 raises `RequiredValueError` naming the key when the value is read, unless it was overridden.
+
+`${seglab.class_names:cityscapes}` and `${seglab.palette:cityscapes}` read a dataset's class names
+and colours from its label table in code (src/data/label_maps.py), so they are written once.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from src.utils.errors import UserError, find_user_error
 
 REQUIRED = "seglab.required"
+CLASS_NAMES = "seglab.class_names"
+PALETTE = "seglab.palette"
 
 
 class RequiredValueError(UserError):
@@ -33,6 +38,13 @@ def register_resolvers() -> None:
     """Register seglab's resolvers (idempotent)."""
     if not OmegaConf.has_resolver(REQUIRED):
         OmegaConf.register_new_resolver(REQUIRED, required)
+    # imported here: src/data/label_maps.py imports src.utils.errors, which this module's import precedes
+    from src.data.label_maps import class_names_of, palette_of
+
+    if not OmegaConf.has_resolver(CLASS_NAMES):
+        OmegaConf.register_new_resolver(CLASS_NAMES, class_names_of)
+    if not OmegaConf.has_resolver(PALETTE):
+        OmegaConf.register_new_resolver(PALETTE, palette_of)
 
 
 def unset_required_keys(cfg: DictConfig | ListConfig, prefix: str = "") -> Iterator[str]:
