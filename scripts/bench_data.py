@@ -1,15 +1,17 @@
-"""Benchmark the data pipelines per worker on VOC-like data: ours vs the seed's, OpenCV vs torchvision v2.
+"""Benchmark the data pipelines per worker on VOC-like data: ours vs a reference loader, OpenCV vs tv2.
 
     python scripts/bench_data.py [--num-images 64] [--crop 512] [--reps 2] [--quick] [--target 500]
 
 Generates 500x375 JPEGs with palette masks (21 classes, 255 borders) in a temporary folder, then
 times, in this one process with one thread (a DataLoader worker's budget), file -> sample ready
 for the GPU (decode, label check, augmentation, tensors) for:
-  crop     ours, `augment=crop` on OpenCV (resize, cat_max_ratio crop, flip, photometric LUTs)
-  seed     ours, `augment=seed` on OpenCV (seed 001's get_random_data on uint8)
-  crop-tv2 the same crop on torchvision.transforms.v2 functionals with tv_tensors
-  seed-001 seed 001's pipeline as written: PIL + OpenCV HSV LUT + float64 /255 + float64 one-hot
-and prints samples/s per worker, the ratio to seed-001, and the workers needed for --target img/s.
+  crop          ours, `augment=crop` on OpenCV (resize, cat_max_ratio crop, flip, photometric LUTs)
+  letterbox     ours, `augment=letterbox` on OpenCV (letterbox + aspect and HSV jitter on uint8)
+  crop-tv2      the same crop on torchvision.transforms.v2 functionals with tv_tensors
+  letterbox-ref the VOC loader this project started from, as written: PIL letterbox + OpenCV HSV
+                LUT + float64 /255 + float64 one-hot labels
+and prints samples/s per worker, the ratio to letterbox-ref, and the workers needed for --target
+img/s.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ def make_voc_like(folder: Path, count: int, seed: int = 0) -> list[tuple[Path, P
     return pairs
 
 
-class SeedPipeline:
-    """Seed 001's UnetDataset.__getitem__ (train=True), re-implemented as written."""
+class ReferencePipeline:
+    """`UnetDataset.__getitem__` (train=True) of the VOC loader this project started from, as written."""
 
     def __init__(self, pairs: list[tuple[Path, Path]], size: int) -> None:
         self.pairs, self.input_shape = pairs, (size, size)
@@ -209,22 +211,22 @@ def main() -> None:
             return SegmentationDataset(pairs, NUM_CLASSES, 255, transform)
 
         pipelines = {
-            "seed-001": SeedPipeline(pairs, size),
+            "letterbox-ref": ReferencePipeline(pairs, size),
             "crop": ours(RandomResizeCrop(size, size, photometric=PhotometricDistortion())),
-            "seed": ours(LetterboxJitter(size)),
+            "letterbox": ours(LetterboxJitter(size)),
             "crop-tv2": TorchvisionCrop(pairs, size),
         }
         rates = {name: throughput(p, args.reps) for name, p in pipelines.items()}
-    base = rates["seed-001"]
+    base = rates["letterbox-ref"]
     print(
         f"{args.num_images} VOC-like 500x375 images, {size}x{size} output, {args.reps} pass(es), 1 thread"
     )
     print(
-        f"{'pipeline':<10} {'samples/s/worker':>17} {'vs seed-001':>12} {'workers for ' + str(int(args.target)) + '/s':>18}"
+        f"{'pipeline':<13} {'samples/s/worker':>17} {'vs letterbox-ref':>17} {'workers for ' + str(int(args.target)) + '/s':>18}"
     )
     for name, rate in rates.items():
         print(
-            f"{name:<10} {rate:>17.1f} {rate / base:>11.2f}x {math.ceil(args.target / rate):>18d}"
+            f"{name:<13} {rate:>17.1f} {rate / base:>16.2f}x {math.ceil(args.target / rate):>18d}"
         )
 
 

@@ -1,18 +1,19 @@
-"""Loss time and working memory: seglab's presets on both paths, seed 003 and F.cross_entropy.
+"""Loss time and working memory: seglab's presets on both paths, a one-hot Focal + Dice and F.ce.
 
     python scripts/bench_losses.py [--shape 8 21 512 512] [--presets focal_dice ...] [--threads N]
     python scripts/bench_losses.py --presets zoo    # the loss zoo: see ZOO below
 
-Rows: seed 003's `Focal_Loss + Dice_loss` (the baseline of `focal_dice`), `F.cross_entropy` (the
+Rows: `Focal_Loss + Dice_loss` of the one-hot Focal + Dice implementation this project started
+from (the baseline of `focal_dice`, row "one-hot focal+dice"), `F.cross_entropy` (the
 baseline every term is put next to), and each `--presets` loss as `python src/train.py loss=<name>`
 builds it, with `loss.fused=auto` and with `loss.fused=false` (the plain modules). The auto row is
 labelled "(fused)" where the preset has a fused form and "(auto: plain)" where it has none, so auto
 runs the plain modules too. A preset is `name` or `name:override[:override...]`, e.g.
 `ce:loss.ce.label_smoothing=0.1`. Each measurement runs forward+backward in its own spawned process.
 Working memory = peak resident memory (VmHWM) during forward+backward minus the peak of the same
-process holding only the logits, their gradient and the mask. The seed's one-hot target (float32
-`(N,H,W,C+1)`, which its dataset builds per image) is created after the baseline, so it counts as
-the seed's working memory; its size is printed separately.
+process holding only the logits, their gradient and the mask. The one-hot target of that
+implementation (float32 `(N,H,W,C+1)`, which its dataset builds per image) is created after the
+baseline, so it counts as its working memory; its size is printed separately.
 """
 
 import argparse
@@ -25,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# `--presets zoo`: every loss family next to F.cross_entropy (README's loss table)
+# `--presets zoo`: every loss family next to F.cross_entropy (docs/benchmarks.md's loss table)
 ZOO = ["focal_dice", "tversky", "lovasz", "ohem", "ce:loss.ce.label_smoothing=0.1"]
 
 
@@ -40,11 +41,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# --- seed 003, re-implemented as it was written (ignore label = num_classes, one-hot target) ---
+# --- the one-hot Focal + Dice, re-implemented as written (ignore label = num_classes) ---
+
+ONEHOT = "one-hot focal+dice"  # its row in the table
 
 
-def seed_focal_loss(inputs, target, cls_weights, num_classes=21, alpha=0.5, gamma=2):
-    """Seed 003's Focal_Loss: class weights inside log p, mean over every pixel."""
+def onehot_focal_loss(inputs, target, cls_weights, num_classes=21, alpha=0.5, gamma=2):
+    """Its Focal_Loss: class weights inside log p, mean over every pixel."""
     import torch.nn.functional as F
     from torch import nn
 
@@ -63,8 +66,8 @@ def seed_focal_loss(inputs, target, cls_weights, num_classes=21, alpha=0.5, gamm
     return (-((1 - pt) ** gamma) * logpt).mean()
 
 
-def seed_dice_loss(inputs, target, beta=1, smooth=1e-5):
-    """Seed 003's Dice_loss on a one-hot target `(N,H,W,C+1)` (last channel = ignore)."""
+def onehot_dice_loss(inputs, target, beta=1, smooth=1e-5):
+    """Its Dice_loss on a one-hot target `(N,H,W,C+1)` (last channel = ignore)."""
     import torch
     import torch.nn.functional as F
 
@@ -114,18 +117,20 @@ def preset_loss(spec: str, num_classes: int, fused: bool):
 
 
 def _loss_function(kind: str, num_classes: int):
-    """(loss(logits, mask), is it the seed's) for a row of the table."""
+    """The loss function `loss(logits, mask)` of a row of the table."""
     import torch
 
-    if kind == "seed":
+    if kind == ONEHOT:
         weights = torch.ones(num_classes)
 
-        def seed(logits, mask):
-            png = torch.where(mask == 255, num_classes, mask)  # the seed's ignore label is num_classes
+        def onehot_focal_dice(logits, mask):
+            png = torch.where(mask == 255, num_classes, mask)  # its ignore label is num_classes
             onehot = torch.nn.functional.one_hot(png, num_classes + 1).float()
-            return seed_focal_loss(logits, png, weights, num_classes) + seed_dice_loss(logits, onehot)
+            return onehot_focal_loss(logits, png, weights, num_classes) + onehot_dice_loss(
+                logits, onehot
+            )
 
-        return seed
+        return onehot_focal_dice
     if kind == "F.cross_entropy":
         return lambda logits, mask: torch.nn.functional.cross_entropy(logits, mask, ignore_index=255)
     spec, path = kind.rsplit(" (", 1)
@@ -139,7 +144,7 @@ def _measure(kind: str, shape: tuple, reps: int, threads: int, queue) -> None:
     logits, mask = _inputs(shape)
     n, c = shape[:2]
     loss_fn = _loss_function(kind, c)
-    if kind != "seed":
+    if kind != ONEHOT:
 
         def step():
             return loss_fn(logits, mask)
@@ -147,7 +152,7 @@ def _measure(kind: str, shape: tuple, reps: int, threads: int, queue) -> None:
         weights = torch.ones(c)
 
         def step():
-            return seed_focal_loss(logits, png, weights, c) + seed_dice_loss(logits, onehot)
+            return onehot_focal_loss(logits, png, weights, c) + onehot_dice_loss(logits, onehot)
 
     # Warm up on a tiny batch so one-off allocations (thread pools, kernels) count for neither.
     small_logits, small_mask = _inputs((1, c, 32, 32))
@@ -158,8 +163,8 @@ def _measure(kind: str, shape: tuple, reps: int, threads: int, queue) -> None:
     baseline = peak_rss_mib()
     logits.grad = None
     extra_mib = 0.0
-    if kind == "seed":
-        png = torch.where(mask == 255, c, mask)  # the seed's ignore label is num_classes
+    if kind == ONEHOT:
+        png = torch.where(mask == 255, c, mask)  # its ignore label is num_classes
         onehot = torch.nn.functional.one_hot(png, c + 1).float()
         extra_mib = (onehot.numel() * 4 + png.numel() * 8) / 2**20
 
@@ -184,7 +189,7 @@ def _measure(kind: str, shape: tuple, reps: int, threads: int, queue) -> None:
 
 
 def run(kind: str, shape: tuple, reps: int, threads: int) -> dict:
-    """Measure `kind` ('ours' or 'seed') in a fresh spawned process."""
+    """Measure the row `kind` in a fresh spawned process."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_measure, args=(kind, shape, reps, threads, queue))
@@ -196,7 +201,7 @@ def run(kind: str, shape: tuple, reps: int, threads: int) -> dict:
 
 def kinds(presets: list[str], num_classes: int) -> list[str]:
     """The table's rows: the two baselines, then each preset with loss.fused=auto and plain."""
-    rows = ["seed", "F.cross_entropy"]
+    rows = [ONEHOT, "F.cross_entropy"]
     for spec in presets:
         auto = "fused" if preset_loss(spec, num_classes, fused=True).is_fused else "auto: plain"
         rows += [f"{spec} ({auto})", f"{spec} (plain)"]
@@ -237,18 +242,18 @@ def report(rows: list[str], rounds: list[dict]) -> None:
     time = {k: statistics.median(min(r[k]["times"]) for r in rounds) for k in rows}
     work = {k: statistics.median(r[k]["work_mib"] for r in rounds) for k in rows}
     width = max(24, *(len(k) + 2 for k in rows))
-    header = f"{'':{width}}{'time (s)':>10}{'vs seed':>9}{'vs F.ce':>9}{'memory (MiB)':>14}{'vs seed':>9}{'vs F.ce':>9}"
+    header = f"{'':{width}}{'time (s)':>10}{'vs 1-hot':>9}{'vs F.ce':>9}{'memory (MiB)':>14}{'vs 1-hot':>9}{'vs F.ce':>9}"
     print(header)
     for k in rows:
         print(
-            f"{k:{width}}{time[k]:>10.3f}{time['seed'] / time[k]:>8.2f}x{time['F.cross_entropy'] / time[k]:>8.2f}x"
-            f"{work[k]:>14.1f}{work['seed'] / max(work[k], 1e-9):>8.2f}x"
+            f"{k:{width}}{time[k]:>10.3f}{time[ONEHOT] / time[k]:>8.2f}x{time['F.cross_entropy'] / time[k]:>8.2f}x"
+            f"{work[k]:>14.1f}{work[ONEHOT] / max(work[k], 1e-9):>8.2f}x"
             f"{work['F.cross_entropy'] / max(work[k], 1e-9):>8.2f}x"
         )
     print("(vs ...: the baseline's time or memory over this row's; above 1 means this row is faster or smaller)")
-    print(f"seed's one-hot + png target, part of its working memory: {rounds[0]['seed']['target_mib']:.1f} MiB")
+    print(f"{ONEHOT}'s one-hot + png target, part of its working memory: {rounds[0][ONEHOT]['target_mib']:.1f} MiB")
     values = ", ".join(f"{k} {rounds[0][k]['value']:.5f}" for k in rows)
-    print(f"loss values (the seed averages over ignored pixels and halves focal with alpha=0.5): {values}")
+    print(f"loss values ({ONEHOT} averages over ignored pixels and halves focal with alpha=0.5): {values}")
 
 
 if __name__ == "__main__":

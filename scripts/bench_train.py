@@ -35,6 +35,7 @@ import lightning as L  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from src.models.contract import main_logits  # noqa: E402
 from src.module import build_schedule  # noqa: E402
 from src.utils.build import build_loss, build_module  # noqa: E402
 
@@ -190,7 +191,7 @@ def bare_run(
         )
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             out = model(images)
-            loss = loss_fn(out["out"] if isinstance(out, dict) else out, batch["mask"])
+            loss = loss_fn(main_logits(out), batch["mask"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

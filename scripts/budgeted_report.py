@@ -1,6 +1,6 @@
 """Figures measured one item at a time under a time budget, each printed and saved as it comes.
 
-A prepared run on a lent machine can be cut short (a timeout, a lost lease), so every figure is
+A run on a time-limited machine can be cut short (a timeout, a preempted job), so every figure is
 printed at once, appended to a .log beside the JSON, and the JSON is rewritten after each item.
 An item that would run past the budget is skipped and listed; one that fails is listed with its
 error and the run goes on: one missing figure must not lose the others.

@@ -5,7 +5,7 @@
 Renders the embedded dataset in memory (the generator and parameters `data=synthetic` uses), fits a
 multinomial logistic regression on each pixel's RGB and its second-order terms (r^2, rg, ...) to
 a random subset of the labelled train pixels, and prints its mIoU over every labelled val pixel.
-The README's claim that colour does not identify a class rests on this figure staying low.
+docs/data.md's claim that colour does not identify a class rests on this figure staying low.
 """
 
 from __future__ import annotations

@@ -2,11 +2,14 @@
 
     python scripts/export.py ckpt_path=<run>/checkpoints/last.ckpt format=onnx|torchscript
                              [output=model.onnx] [input=<image>] [exporter=dynamo|legacy] [opset=18]
+                             [data=... data.root=...] [trust.model_targets=[mypkg.Net]]
 
 The exported graph maps a normalised float32 image batch (N, 3, H, W) to logits (N, C, H, W), with
 N, H and W dynamic (H, W >= 32, as for the eager model). Parity is checked on a real image (`input`,
-default: the first validation image of the checkpoint's dataset) and on a second size to exercise
-the dynamic axes; the max abs logit difference is printed, and more than `tolerance` is an error.
+default: the first validation image of the dataset that `data=` / `data.*` name, as for
+`src/train.py`: the embedded dataset unless told otherwise; the data config a checkpoint stores is
+never instantiated) and on a second size to exercise the dynamic axes; the max abs logit difference
+is printed, and more than `tolerance` is an error.
 ONNX needs the `export` extra (onnx, onnxscript for the dynamo exporter, onnxruntime for parity).
 """
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +33,20 @@ from torch import nn  # noqa: E402
 import src  # noqa: E402, F401  (sets SEGLAB_ROOT, which stored data paths may refer to)
 from src.data.io import read_image  # noqa: E402
 from src.data.transforms import normalize, pad_collate  # noqa: E402
+from src.models.contract import main_logits  # noqa: E402
 from src.utils.checkpoint import InputConvention, input_convention, model_from_checkpoint  # noqa: E402
 from src.utils.errors import UserError  # noqa: E402
 
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 FORMATS = ("onnx", "torchscript")
 EXPORTERS = ("dynamo", "legacy")
+
+
+@dataclass
+class TrustConfig:
+    """`trust.*`: what a checkpoint may rebuild beyond seglab's own model classes."""
+
+    model_targets: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -45,12 +57,16 @@ class ExportConfig:
     format: str = "onnx"
     # default: next to the checkpoint, <stem>.onnx / <stem>.torchscript.pt
     output: str | None = None
-    # default: the first validation image of the checkpoint's dataset
+    # default: the first validation image of the data config `data=` / `data.*` compose
     input: str | None = None
     # torch.onnx's exporter: dynamo (torch.export + onnxscript) | legacy (TorchScript-based)
     exporter: str = "dynamo"
     opset: int = 18
     tolerance: float = 1e-4
+    # model classes a checkpoint may rebuild besides seglab's own (conf/model/), e.g. [mypkg.Net]
+    trust: TrustConfig = field(default_factory=TrustConfig)
+    # the data config that gives the default example image: `data=<name>` and `data.<key>=...` overrides
+    data_overrides: list[str] = field(default_factory=list)
 
 
 class LogitsOnly(nn.Module):
@@ -62,8 +78,7 @@ class LogitsOnly(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits (N, C, H, W)."""
-        out = self.model(image)
-        return out["out"] if isinstance(out, dict) else out
+        return main_logits(self.model(image))
 
 
 def logits_module(model: nn.Module, example: torch.Tensor) -> nn.Module:
@@ -74,14 +89,18 @@ def logits_module(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
 
 def parse_args(argv: list[str]) -> ExportConfig:
-    """key=value arguments checked against ExportConfig."""
+    """key=value arguments checked against ExportConfig; `data=`/`data.*` go to the data config."""
+    data_overrides = [arg for arg in argv if arg.split("=", 1)[0].split(".", 1)[0] == "data"]
+    own = [arg for arg in argv if arg not in data_overrides]
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(ExportConfig), OmegaConf.from_dotlist(argv))
+        cfg = OmegaConf.merge(OmegaConf.structured(ExportConfig), OmegaConf.from_dotlist(own))
     except OmegaConfBaseException as err:
         raise UserError(
             f"{str(err).splitlines()[0]}; expected key=value among {', '.join(ExportConfig.__dataclass_fields__)}"
         ) from None
     cfg = ExportConfig(**OmegaConf.to_container(cfg))
+    cfg.trust = TrustConfig(**cfg.trust)
+    cfg.data_overrides = data_overrides
     if not cfg.ckpt_path:
         raise UserError(
             "ckpt_path is required: python scripts/export.py ckpt_path=<run>/checkpoints/last.ckpt format=onnx"
@@ -93,20 +112,19 @@ def parse_args(argv: list[str]) -> ExportConfig:
     return cfg
 
 
-def default_input(hparams: dict[str, Any]) -> Path:
-    """The first validation image of the dataset the checkpoint was trained on."""
-    import hydra
+def default_input(data_overrides: list[str]) -> Path:
+    """The first validation image of the data config the overrides compose (as src/train.py would)."""
+    from hydra import compose, initialize_config_dir
 
-    data_cfg = dict((hparams.get("config") or {}).get("data") or {})
-    for key in ("split", "augment"):  # validation needs neither; a stale augment target would fail
-        data_cfg.pop(key, None)
+    from src.utils.build import build_datamodule
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=data_overrides)
     try:
-        datamodule = hydra.utils.instantiate(data_cfg)
+        datamodule = build_datamodule(cfg.data, splits=[cfg.data.val_split])
         return datamodule.split_pairs(datamodule.val_split)[0][0]
-    except Exception as err:  # any failure means: no dataset here to take an image from
-        raise UserError(
-            f"no input image given and the checkpoint's dataset is not readable here ({err}); pass input=<an image file>"
-        ) from None
+    except UserError as err:
+        raise UserError(f"no input= given and the data config cannot give an example image: {err}; pass input=<an image file>") from None
 
 
 def real_input(path: Path, convention: InputConvention) -> torch.Tensor:
@@ -229,8 +247,9 @@ def parity(model: nn.Module, fmt: str, output: Path, images: list[torch.Tensor])
 
 def export(cfg: ExportConfig) -> dict[str, Any]:
     """Export, check parity, print the figures; return {'output', 'shapes', 'max_abs_diff'}."""
-    model, hparams = model_from_checkpoint(cfg.ckpt_path)
-    image = real_input(Path(cfg.input) if cfg.input else default_input(hparams), input_convention(hparams))
+    model, hparams = model_from_checkpoint(cfg.ckpt_path, cfg.trust.model_targets)
+    image_file = Path(cfg.input) if cfg.input else default_input(cfg.data_overrides)
+    image = real_input(image_file, input_convention(hparams))
     example = trace_example(image)
     model = logits_module(model, example)
     # Parity at the validation size, the export size and a third one: the dynamic axes at work.

@@ -1,4 +1,4 @@
-"""GPU figures of issue 15 in one prepared run: training, eval and loss speed of full-width FCN-8s.
+"""GPU figures in one prepared run: training, eval and loss speed of full-width FCN-8s.
 
     bash scripts/gpu_check.sh [--out FILE] [--peak-tflops N] [--budget-s 480]
     bash scripts/gpu_check.sh --dry-run    (the same code paths on the CPU at tiny sizes)
@@ -49,8 +49,10 @@ from src.data.transforms import padded_size  # noqa: E402
 from src.inference import InferenceOptions, segment_padded_batch  # noqa: E402
 from src.models.complexity import gflops  # noqa: E402
 
+# the validation batches' padding, as the data config sets it
+PAD_MULTIPLE = int(OmegaConf.load(CONF_DIR / "data" / "common" / "loader.yaml").pad_multiple)
+
 NUM_CLASSES = 21  # Pascal VOC
-PAD_MULTIPLE = 32  # conf/data/common/loader.yaml's pad_multiple
 SECTIONS = ["train", "eval", "loss", "flops"]
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's datasheets, matched against
 # torch.cuda.get_device_name() in this order: the PCIe and NVL parts before their SXM family.

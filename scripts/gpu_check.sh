@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One prepared run of the GPU figures (issue 15): training, eval and loss speed of full-width
-# FCN-8s on one CUDA GPU in at most ~8 minutes; see scripts/gpu_check.py and README.md ("GPU figures").
+# One prepared run of the GPU figures: training, eval and loss speed of full-width FCN-8s on one
+# CUDA GPU in at most ~8 minutes; see scripts/gpu_check.py and docs/benchmarks.md.
 #
 #   bash scripts/gpu_check.sh [--out FILE] [--peak-tflops N] [--budget-s 480]
 #   bash scripts/gpu_check.sh --dry-run [--out FILE]     (CPU, tiny sizes, under a minute)

@@ -3,8 +3,8 @@
 #
 #   bash scripts/gpu_check_deps.sh [DEST]      (default DEST: build/gpu_deps, git-ignored)
 #
-# A lent GPU machine has torch, torchvision, lightning, PyYAML and OpenCV but no hydra-core,
-# omegaconf or antlr4. All three are pure Python: the two wheels are unzipped and antlr4's
+# A GPU machine's stock image often has torch, torchvision, lightning, PyYAML and OpenCV but no
+# hydra-core, omegaconf or antlr4. All three are pure Python: the two wheels are unzipped and antlr4's
 # sdist (it has no wheel on PyPI) gives its src/antlr4 package, all into DEST/site, which
 # gpu_check.sh puts on PYTHONPATH. Nothing is installed; the versions are the ones
 # pyproject.toml's pins resolve to in the project venv.

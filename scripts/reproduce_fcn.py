@@ -10,7 +10,7 @@ its last.ckpt, the reference's choice of the final snapshot; best: its best on t
 `sbd.root` is data.sbd_root; `weights` is model.backbone.weights of the stages trained from VGG16
 (weights=imagenet also sets data.normalize=imagenet). With an existing out=DIR, a stage whose
 metrics.json is there is reused and one with only checkpoints/last.ckpt resumes from it.
-Prints the table of README.md ("Reproducing the paper") with the measured columns filled from
+Prints the table of docs/reproducing-fcn.md ("Targets") with the measured columns filled from
 the stages' metrics.json and writes it to <out>/results.md and <out>/results.json.
 """
 
@@ -53,7 +53,7 @@ STAGES = {
 }
 DEFAULT_STAGES = ("fcn32s", "fcn16s", "fcn8s")
 
-# Published mIoU (%) on seg11valid; README.md ("Reproducing the paper") gives them with context.
+# Published mIoU (%) on seg11valid; docs/reproducing-fcn.md ("Targets") gives them with context.
 TARGETS = {
     "reference": {"fcn32s": 63.6, "fcn16s": 65.0, "fcn8s": 65.5, "fcn8s_atonce": 65.4},
     "paper": {"fcn32s": 59.4, "fcn16s": 62.4, "fcn8s": 62.7},
@@ -131,7 +131,7 @@ def check_options(options: Options) -> None:
     if from_vgg and options.weights is None:
         raise UserError(
             f"{', '.join(from_vgg)} start(s) from VGG16: pass weights=<VGG16 converted from Caffe, "
-            "e.g. vgg16-00b39a1b.pth> (or weights=imagenet for torchvision's; see README.md, 'Reproducing the paper')"
+            "e.g. vgg16-00b39a1b.pth> (or weights=imagenet for torchvision's; see docs/reproducing-fcn.md, 'Weights')"
         )
     if options.weights == "imagenet":
         # torchvision's weights expect RGB 0-1 input with ImageNet statistics, in every stage
@@ -182,16 +182,19 @@ def stage_checkpoint(run_dir: Path, handoff: str) -> Path:
     return max(found, key=lambda path: path.stat().st_mtime)
 
 
-def validation_images(checkpoint: Path) -> int | None:
-    """How many images the stage validated on, listed from the data config its checkpoint stores."""
-    import hydra
-    import torch
+def validation_images(run_dir: Path) -> int | None:
+    """How many images the stage validated on, listed from the data config of the stage's own run.
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    data = (state.get("hyper_parameters", {}).get("config") or {}).get("data")
-    if not data:
+    Read from the `.hydra/config.yaml` this pipeline's run wrote, never from the checkpoint: the
+    config a checkpoint stores is data, not something to build (src/utils/checkpoint.py).
+    """
+    import hydra
+    from omegaconf import OmegaConf
+
+    config_file = run_dir / ".hydra" / "config.yaml"
+    if not config_file.is_file():
         return None
-    datamodule = hydra.utils.instantiate(data)
+    datamodule = hydra.utils.instantiate(OmegaConf.load(config_file).data)
     return len(datamodule.split_pairs(datamodule.val_split))
 
 
@@ -214,7 +217,7 @@ def stage_result(stage: Stage, run_dir: Path, handoff: str) -> dict[str, Any]:
         "best_step": best.get("step"),
         "final_mIoU": percent(final.get("val/mIoU")),
         "global_step": metrics.get("global_step"),
-        "val_images": validation_images(checkpoint),
+        "val_images": validation_images(run_dir),
     }
 
 

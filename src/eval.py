@@ -35,8 +35,6 @@ from src.visualization import confusion_matrix_image  # noqa: E402
 log = logging.getLogger(__name__)
 
 
-
-
 class Evaluator(L.LightningModule):
     """Runs a trained model over validation batches in a chosen inference mode and scores it (`test/*`)."""
 
@@ -57,15 +55,11 @@ class Evaluator(L.LightningModule):
         self.metrics = SegmentationMetrics(num_classes, ignore_index)
         self.scores: dict[str, torch.Tensor] = {}
 
-    def _logits(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.model(images)
-        return out["out"] if isinstance(out, dict) else out
-
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Predict every image at its own size (padding undone) and count it against its mask."""
         sizes = batch["sizes"].tolist()
         predictions = segment_padded_batch(
-            self._logits, batch["image"], sizes, self.options, self.pad_multiple
+            self.model, batch["image"], sizes, self.options, self.pad_multiple
         )
         for prediction, mask, (height, width) in zip(
             predictions, batch["mask"], sizes, strict=True
@@ -147,7 +141,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     L.seed_everything(cfg.seed, workers=True)
     options = InferenceOptions.from_config(OmegaConf.to_container(cfg.eval, resolve=True), "eval")
-    model, hparams = model_from_checkpoint(cfg.ckpt_path)
+    model, hparams = model_from_checkpoint(cfg.ckpt_path, list(cfg.trust.model_targets))
     # the images are normalised as the checkpoint's model was trained to see them
     normalize = input_convention(hparams).normalize
     log.info("inputs normalised as in training: data.normalize=%s", normalize)

@@ -16,14 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from src.data.transforms import padded_size
+from src.models.contract import MIN_INPUT_SIZE, main_logits
 from src.utils.errors import UserError
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 MODES = ("whole", "slide")
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-# DESIGN.md's model contract: any H, W >= 32. Rescaled TTA copies are kept at least this large.
-MIN_SIZE = 32
+# The model contract: any H, W >= 32. Rescaled TTA copies are kept at least this large.
+MIN_SIZE = MIN_INPUT_SIZE
 
 
 def _pair(value: int | Sequence[int], key: str) -> tuple[int, int]:
@@ -73,7 +74,7 @@ class InferenceOptions:
 
 def predict_whole(forward: Forward, images: torch.Tensor) -> torch.Tensor:
     """Logits of the whole image in one pass, at the input size."""
-    logits = forward(images)
+    logits = main_logits(forward(images))
     if logits.shape[-2:] != images.shape[-2:]:
         logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
     return logits
@@ -156,7 +157,7 @@ def segment_padded_batch(
     images: torch.Tensor,
     sizes: Sequence[tuple[int, int]],
     options: InferenceOptions,
-    multiple: int = 32,
+    multiple: int,
 ) -> list[torch.Tensor]:
     """Class masks (h, w) for a batch padded bottom/right, each image seen at its own size rounded up to `multiple`.
 

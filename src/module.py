@@ -20,6 +20,7 @@ from torch import nn
 from torch.optim.lr_scheduler import PolynomialLR
 
 from src.metrics import SegmentationMetrics
+from src.models.contract import auxiliary_logits, main_logits
 from src.utils.errors import UserError
 from src.utils.hparams import log_run_config
 
@@ -178,8 +179,7 @@ class SegmentationModule(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (N, C, H, W) for normalised images (N, 3, H, W)."""
-        out = self._forward_raw(images)
-        return out["out"] if isinstance(out, dict) else out
+        return main_logits(self._forward_raw(images))
 
     def _forward_raw(self, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         if self.channels_last:
@@ -190,9 +190,9 @@ class SegmentationModule(L.LightningModule):
         self, out: torch.Tensor | dict[str, torch.Tensor], mask: torch.Tensor
     ) -> tuple[torch.Tensor, dict]:
         """Total loss and its logged parts; an auxiliary head (torchvision models) adds aux_weight x its loss."""
-        logits, aux = (out["out"], out.get("aux")) if isinstance(out, dict) else (out, None)
-        total = self.loss(logits, mask)
+        total = self.loss(main_logits(out), mask)
         parts = dict(getattr(self.loss, "last_terms", {}))
+        aux = auxiliary_logits(out)
         if aux is not None:
             aux_loss = self.loss(aux, mask)
             parts["aux"] = aux_loss.detach()

@@ -27,7 +27,12 @@ from src.data.io import IMAGE_SUFFIXES, read_image  # noqa: E402
 from src.data.palette import colorize, colour_table, save_palette_png  # noqa: E402
 from src.data.transforms import normalize, pad_collate  # noqa: E402
 from src.inference import InferenceOptions, segment_padded_batch  # noqa: E402
-from src.utils.checkpoint import InputConvention, input_convention, model_from_checkpoint  # noqa: E402
+from src.utils.checkpoint import (  # noqa: E402
+    InputConvention,
+    input_convention,
+    model_from_checkpoint,
+    stored_data,
+)
 from src.utils.errors import UserError  # noqa: E402
 from src.visualization import overlay  # noqa: E402
 
@@ -101,10 +106,6 @@ def predict_files(
     own padded extent, so a mask here equals the prediction eval.py scores for the same file.
     """
 
-    def logits(images: torch.Tensor) -> torch.Tensor:
-        out = model(images)
-        return out["out"] if isinstance(out, dict) else out
-
     for chunk in batches(files, batch_size):
         images = [read_image(path) for path in chunk]
         samples = [
@@ -118,7 +119,7 @@ def predict_files(
         batch = pad_collate(samples, multiple=convention.pad_multiple)
         with torch.inference_mode():
             masks = segment_padded_batch(
-                logits,
+                model,
                 normalize(batch["image"].to(device), convention.normalize),
                 batch["sizes"].tolist(),
                 options,
@@ -132,7 +133,7 @@ def palette_of(cfg: DictConfig, hparams: dict[str, Any]) -> Any:
     """predict.palette, else the checkpoint's dataset palette, else None (VOC's)."""
     if cfg.predict.get("palette") is not None:
         return OmegaConf.to_container(cfg.predict.palette)
-    return (hparams.get("config") or {}).get("data", {}).get("palette")
+    return stored_data(hparams).get("palette")
 
 
 def checked_options(cfg: DictConfig) -> tuple[InferenceOptions, float, int]:
@@ -162,9 +163,9 @@ def predict(cfg: DictConfig) -> list[Path]:
     options, alpha, batch_size = checked_options(cfg)
     files = list_inputs(str(cfg.input))
     device = choose_device(str(cfg.predict.device))
-    model, hparams = model_from_checkpoint(cfg.ckpt_path)
+    model, hparams = model_from_checkpoint(cfg.ckpt_path, list(cfg.trust.model_targets))
     model.to(device)
-    data_cfg = (hparams.get("config") or {}).get("data", {})
+    data_cfg = stored_data(hparams)
     try:
         table = colour_table(palette_of(cfg, hparams), int(data_cfg.get("ignore_index", 255)))
     except ValueError as err:

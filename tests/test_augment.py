@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from PIL import Image
 
 from src.data import augment as augment_module
@@ -17,6 +18,7 @@ from src.data.folder import FolderDataModule
 from src.data.photometric import PhotometricDistortion, hsv_jitter
 from src.data.transforms import MEAN_RGB_UINT8, pad_collate, unpad
 from src.metrics import confusion_matrix
+from tests.conftest import compose_config
 from tests.helpers.toy_data import CLASS_COLOURS, IGNORE_COLOUR, toy_pair, write_folder
 
 Pair = tuple[np.ndarray, np.ndarray]
@@ -83,7 +85,7 @@ PRESETS: dict[str, Callable[[int], Callable[[np.ndarray, np.ndarray], Pair]]] = 
     "crop_cat1": lambda ignore: RandomResizeCrop(
         48, 40, cat_max_ratio=1.0, photometric=False, ignore_index=ignore
     ),
-    "seed": lambda ignore: LetterboxJitter(48, hue=0, sat=0, val=0, ignore_index=ignore),
+    "letterbox": lambda ignore: LetterboxJitter(48, hue=0, sat=0, val=0, ignore_index=ignore),
     "none": lambda ignore: NoAugment(),
 }
 FILLS = [MEAN_RGB_UINT8, (128, 128, 128)]
@@ -113,6 +115,14 @@ def test_image_and_mask_stay_aligned(preset: str) -> None:
     assert checked > 0.4 * total  # most pixels were checked, not a few
 
 
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("crop", RandomResizeCrop), ("letterbox", LetterboxJitter), ("none", NoAugment)],
+)
+def test_each_preset_is_chosen_by_its_name(name: str, kind: type, tmp_path: Path) -> None:
+    cfg = compose_config("train", [f"data/augment={name}"], tmp_path)
+    assert type(instantiate(cfg.data.augment)) is kind
+
 def test_the_alignment_check_catches_a_flip_of_the_image_alone() -> None:
     crop = RandomResizeCrop(48, 48, photometric=False, hflip_prob=0.0, ignore_index=IGNORE)
 
@@ -124,7 +134,7 @@ def test_the_alignment_check_catches_a_flip_of_the_image_alone() -> None:
     assert sum(misaligned(*broken(*pair), FILLS) for pair in flagged_draws()) > 1000
 
 
-@pytest.mark.parametrize("preset", ["crop", "seed"])
+@pytest.mark.parametrize("preset", ["crop", "letterbox"])
 def test_padding_is_ignore_index_never_background(preset: str) -> None:
     image, mask = toy_pair(20, 24, NUM_CLASSES, seed=1)
     if preset == "crop":  # short side stays 20 < 48: the crop is padded bottom/right
@@ -195,8 +205,11 @@ def scripted_uniform(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return drawn
 
 
-def seed_letterbox(mask: np.ndarray, size: int, drawn: list[float]) -> np.ndarray:
-    """Seed 001's get_random_data geometry on PIL with the same draws (mask canvas 255, not 0)."""
+def reference_letterbox(mask: np.ndarray, size: int, drawn: list[float]) -> np.ndarray:
+    """`get_random_data`'s geometry on PIL with the same draws, mask canvas 255 instead of 0.
+
+    As in the VOC loader this project started from (the `letterbox` preset's reference).
+    """
     ih, iw = mask.shape
     new_ar = iw / ih * drawn[0] / drawn[1]
     if new_ar < 1:
@@ -213,7 +226,9 @@ def seed_letterbox(mask: np.ndarray, size: int, drawn: list[float]) -> np.ndarra
     return np.array(canvas)
 
 
-def test_seed_preset_places_the_mask_as_seed_001_does(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_letterbox_preset_places_the_mask_as_its_reference_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     transform = LetterboxJitter(48, hue=0, sat=0, val=0)
     drawn = scripted_uniform(monkeypatch)
     torch.manual_seed(0)
@@ -221,12 +236,12 @@ def test_seed_preset_places_the_mask_as_seed_001_does(monkeypatch: pytest.Monkey
     for image, mask in draws()[:60]:
         drawn.clear()
         ours = transform(image, mask)[1]
-        agreement.append(np.mean(ours == seed_letterbox(mask, 48, drawn)))
+        agreement.append(np.mean(ours == reference_letterbox(mask, 48, drawn)))
     # nearest-neighbour rounding differs between PIL and OpenCV on a few pixels per image
     assert min(agreement) > 0.9 and np.mean(agreement) > 0.97
 
 
-def test_hsv_jitter_reproduces_the_seed_luts() -> None:
+def test_hsv_jitter_reproduces_the_reference_loader_luts() -> None:
     image = toy_pair(40, 48, NUM_CLASSES, seed=3)[0]
     image = cv2.GaussianBlur(image, (7, 7), 0)  # many distinct colours
     torch.manual_seed(5)
@@ -274,7 +289,7 @@ def samples(seed: int = 0) -> list[dict]:
 
 
 def test_validation_padding_is_deterministic_and_invertible() -> None:
-    batch, again = pad_collate(samples()), pad_collate(samples())
+    batch, again = pad_collate(samples(), multiple=32), pad_collate(samples(), multiple=32)
     assert all(torch.equal(batch[k], again[k]) for k in ("image", "mask", "sizes"))
     assert batch["image"].shape[-1] % 32 == 0 and batch["image"].shape[-2] % 32 == 0
     for s, image, mask, size in zip(
@@ -295,7 +310,7 @@ def test_validation_padding_is_deterministic_and_invertible() -> None:
 
 
 def test_metric_on_padded_batch_equals_metric_at_original_resolution() -> None:
-    batch = pad_collate(samples())
+    batch = pad_collate(samples(), multiple=32)
     torch.manual_seed(0)
     pred = torch.randint(
         0, NUM_CLASSES, batch["mask"].shape
@@ -341,6 +356,7 @@ def test_the_same_seed_gives_the_same_batches_and_epochs_differ(
         dm = FolderDataModule(
             root=str(tmp_path),
             num_classes=NUM_CLASSES,
+            pad_multiple=32,
             batch_size=3,
             num_workers=num_workers,
             augment=RandomResizeCrop(32, 32),

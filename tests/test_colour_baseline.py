@@ -24,7 +24,7 @@ def test_the_classifier_solves_a_task_where_colour_is_the_class() -> None:
 
 
 def test_colour_alone_scores_at_most_015_miou_on_the_embedded_data() -> None:
-    # the generator and parameters of data=synthetic, fewer images (the README's 0.14 uses all 500)
+    # the generator and parameters of data=synthetic, fewer images (docs/data.md's 0.14 uses all 500)
     spec = dataclasses.replace(DEFAULT_SPEC, num_train=80, num_val=30)
     torch.manual_seed(0)
     assert colour_baseline_miou(spec, num_classes=6, pixels=100_000) <= 0.15

@@ -1,4 +1,4 @@
-"""CPU bf16 autocast: narrow head layers in fp32, and the AMX regressions of the trust issue.
+"""CPU bf16 autocast: narrow head layers in fp32, and the AMX regressions behind them.
 
 oneDNN's AMX path computed wrong input gradients for ConvTranspose2d with < 16 channels and
 corrupted the heap in the backward of a 1x1 conv with >= 3072 inputs and < 16 outputs (see

@@ -58,6 +58,7 @@ def test_voc_root_may_name_the_parent_the_devkit_or_the_year_folder(
     dm = VOCDataModule(
         root=str(tmp_path / where),
         num_classes=4,
+        pad_multiple=32,
         batch_size=2,
         num_workers=0,
         augment=RandomResizeCrop(32, 32),
@@ -77,7 +78,7 @@ def test_voc_root_may_name_the_parent_the_devkit_or_the_year_folder(
 
 def test_a_wrong_voc_root_names_the_expected_layout(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"data.root=.*does not exist.*JPEGImages"):
-        VOCDataModule(root=str(tmp_path / "nowhere"), num_classes=4).check_layout()
+        VOCDataModule(root=str(tmp_path / "nowhere"), num_classes=4, pad_multiple=32).check_layout()
 
 
 def test_voc2007_config_composes_and_loads(tmp_path: Path) -> None:
@@ -121,7 +122,7 @@ def test_train_aug_adds_sbd_and_excludes_every_voc_val_image(
     aug = write_sbd(voc, ["t1", "s1", "s2", "v1", "v2"])  # SBD re-annotates some VOC val images
     if with_list:
         (voc / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("t1\ns1\ns2\nv1\nv2\n")
-    dm = VOCDataModule(root=str(tmp_path), num_classes=4, use_sbd=True, batch_size=1, num_workers=0)
+    dm = VOCDataModule(root=str(tmp_path), num_classes=4, pad_multiple=32, use_sbd=True, batch_size=1, num_workers=0)
     assert dm.train_split == "train_aug"
     dm.check_layout()
     pairs = {image.stem: mask for image, mask in dm.split_pairs(dm.train_split)}
@@ -137,13 +138,13 @@ def test_train_aug_adds_sbd_and_excludes_every_voc_val_image(
 
 def test_use_sbd_without_the_masks_names_the_folder(tmp_path: Path) -> None:
     write_voc(tmp_path, SPLITS)
-    dm = VOCDataModule(root=str(tmp_path), num_classes=4, use_sbd=True)
+    dm = VOCDataModule(root=str(tmp_path), num_classes=4, pad_multiple=32, use_sbd=True)
     with pytest.raises(UserError, match=r"SegmentationClassAug.*data.sbd_dir"):
         dm.check_layout()
 
 
 def folder_dm(root: Path, **kwargs) -> FolderDataModule:
-    kwargs = {"num_classes": 2, "batch_size": 2, "num_workers": 0, **kwargs}
+    kwargs = {"num_classes": 2, "pad_multiple": 32, "batch_size": 2, "num_workers": 0, **kwargs}
     return FolderDataModule(root=str(root), **kwargs)
 
 

@@ -58,6 +58,7 @@ def make(root: Path, **kwargs) -> FolderDataModule:
     write_folder(root, STEMS, splits=SPLITS)
     kwargs = {
         "num_classes": 2,
+        "pad_multiple": 32,
         "batch_size": 2,
         "num_workers": 0,
         "augment": RandomResizeCrop(32, 32),

@@ -102,10 +102,12 @@ def test_onnx_legacy_export_matches_eager(
 
 
 def test_torchscript_export_matches_eager_and_defaults(
-    checkpoint: Path, image: Path, capsys
+    checkpoint: Path, image: Path, data_dir: Path, capsys
 ) -> None:
-    # no input= : the first validation image of the checkpoint's dataset; no output=: next to the checkpoint
-    result = run_export(f"ckpt_path={checkpoint}", "format=torchscript")
+    # no input= : the first validation image of the data config the data overrides compose (the smoke
+    # set here, the embedded dataset without them); no output=: next to the checkpoint
+    smoke_data = [item.replace("${paths.data_dir}", str(data_dir)) for item in SMOKE_DATA]
+    result = run_export(f"ckpt_path={checkpoint}", "format=torchscript", *smoke_data)
     check_parity(result, capsys)
     assert result["output"] == checkpoint.with_suffix(".torchscript.pt")
     loaded = torch.jit.load(str(result["output"]))

@@ -1,4 +1,4 @@
-"""Issue 14: the FCN reference recipes as experiments, checked piece by piece without VOC.
+"""The FCN reference recipes as experiments, checked piece by piece without VOC.
 
 The data side runs on the embedded generator's reference layout (src/data/synthetic_sbd.py: SBD
 as released with .mat masks, a VOC2012 whose val holds a few seg11valid ids).
@@ -325,7 +325,7 @@ def test_fcn16s_without_init_from_fails_in_one_line(reference_root: Path, tmp_pa
     assert "pass model.init_from=<the trained FCN-32s checkpoint" in last_line
 
 
-# ---------------------------------------------------------------- the pipeline and its README
+# ---------------------------------------------------------------- the pipeline and its docs page
 
 
 @pytest.mark.slow
@@ -365,12 +365,12 @@ def load_script(name: str):
     return module
 
 
-def test_repro_readme_quotes_the_script_targets() -> None:
+def test_reproducing_page_quotes_the_script_targets() -> None:
     script = load_script("reproduce_fcn")
-    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "reproducing-fcn.md").read_text()
     for source in script.TARGETS.values():
         for value in source.values():
-            assert str(value) in readme or f"{value:.2f}" in readme, value
+            assert str(value) in page or f"{value:.2f}" in page, value
     assert script.parse_args(["weights=imagenet"]).overrides == ["data.normalize=imagenet"]
     with pytest.raises(UserError, match="weights=<VGG16 converted from Caffe"):
         script.parse_args([])

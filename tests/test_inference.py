@@ -175,7 +175,7 @@ def test_padded_batch_predicts_each_image_on_its_own_extent() -> None:
     first, second = torch.randn(1, 3, 40, 50), torch.randn(1, 3, 70, 64)
     batch = torch.zeros(2, 3, 96, 64)
     batch[0, :, :40, :50], batch[1, :, :70, :64] = first[0], second[0]
-    masks = segment_padded_batch(model, batch, [(40, 50), (70, 64)], InferenceOptions())
+    masks = segment_padded_batch(model, batch, [(40, 50), (70, 64)], InferenceOptions(), multiple=32)
     alone_first = model(F.pad(first, (0, 14, 0, 24)))[0].argmax(0)[:40, :50]  # its own 64x64 extent
     alone_second = model(F.pad(second, (0, 0, 0, 26)))[0].argmax(0)[:70, :64]  # 96x64
     assert masks[0].shape == (40, 50) and masks[1].shape == (70, 64)

@@ -513,7 +513,7 @@ def test_bad_labels_and_shapes_are_reported() -> None:
         loss = preset_loss("ce", path)
         logits = torch.randn(1, C, 4, 4)
         target = torch.zeros(1, 4, 4, dtype=torch.long)
-        for label in (7, C, -1):  # C is the seed's ignore label, not ours
+        for label in (7, C, -1):  # C is the one-hot losses' ignore label, not ours
             target[0, 0, 0] = label
             with pytest.raises(ValueError, match=f"label {label},"):
                 loss(logits, target)

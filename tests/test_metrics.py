@@ -1,4 +1,4 @@
-"""The confusion-matrix metric against an independent numpy reference (seed 001's fast_hist)."""
+"""The confusion-matrix metric against an independent numpy reference (`fast_hist`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from src.metrics import SegmentationMetrics, scores_from_confusion
 
 
 def fast_hist(label: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    """Seed 001's confusion matrix: rows = label, columns = prediction, labels outside [0, n) dropped."""
+    """`fast_hist`'s confusion matrix: rows = label, columns = prediction, labels outside [0, n) dropped."""
     k = (label >= 0) & (label < n)
     return np.bincount(n * label[k].astype(int) + pred[k], minlength=n**2).reshape(n, n)
 

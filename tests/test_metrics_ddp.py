@@ -38,7 +38,7 @@ def make_samples(path: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def fast_hist(label: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    """Seed 001's numpy confusion matrix (labels outside [0, n) dropped)."""
+    """A numpy confusion matrix as `fast_hist` computes it (labels outside [0, n) dropped)."""
     k = (label >= 0) & (label < n)
     return np.bincount(n * label[k].astype(int) + pred[k], minlength=n**2).reshape(n, n)
 

@@ -1,8 +1,11 @@
-"""Models (issue 3): every preset built from its config, checked against independent references."""
+"""Models: every preset built from its config, checked against independent references.
+
+The contract every model keeps (sizes, aux output, channels_last, CPU bf16, export) is tested once
+for all presets in tests/test_model_contract.py.
+"""
 
 from __future__ import annotations
 
-import functools
 import logging
 import urllib.error
 from pathlib import Path
@@ -12,8 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -21,26 +22,15 @@ from torch import nn
 
 from src.data.synthetic import SyntheticSpec, render_sample
 from src.models.complexity import count_parameters, gflops
+from src.models.contract import main_logits
 from src.models.upsample import bilinear_kernel, bilinear_upsampling
 from src.utils.errors import UserError
-from tests.helpers.models import randomize_score_layers
+from tests.helpers.models import composed_model, randomize_score_layers
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 VGG_PRESETS = ["fcn32s", "fcn16s", "fcn8s", "fcn8s_compact", "fcns"]
 TV_PRESETS = ["tv_fcn_resnet50", "tv_deeplabv3_resnet50"]
 TINY = 1 / 16  # every VGG width becomes max(8, c/16): 8..32 channels, fc6/fc7 256
-SIZES = [(32, 32), (33, 47), (64, 96)]
-
-
-@functools.cache
-def composed_model(preset: str) -> dict:
-    """`model=<preset>` as `python src/train.py` composes it (defaults list included), unresolved."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        # ~sizing: the default run's CPU size (conf/sizing/) would apply to fcn8s
-        cfg = compose(config_name="train", overrides=[f"model={preset}", "~sizing"])
-    GlobalHydra.instance().clear()
-    return OmegaConf.to_container(cfg.model)
 
 
 def build(preset: str, num_classes: int = 3, **overrides: object) -> nn.Module:
@@ -56,11 +46,6 @@ def tiny(preset: str, **overrides: object) -> nn.Module:
     if preset in VGG_PRESETS:
         overrides.setdefault("backbone.width", TINY)
     return build(preset, **overrides)
-
-
-def logits_of(output: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-    """The main logits of a model output (tensor, or torchvision's training dict)."""
-    return output["out"] if isinstance(output, dict) else output
 
 
 # ---------------------------------------------------------------- bilinear upsampling
@@ -136,17 +121,6 @@ def test_complexity_against_hand_counts() -> None:
 # ---------------------------------------------------------------- the model contract
 
 
-@pytest.mark.parametrize("preset", VGG_PRESETS + TV_PRESETS)
-def test_output_is_input_sized(preset: str) -> None:
-    model = tiny(preset).eval()
-    sizes = SIZES + [(375, 500)] * (preset in VGG_PRESETS)  # VOC's size, on the cheap width
-    for height, width in sizes:
-        batch = 2 if height < 100 else 1
-        with torch.no_grad():
-            out = model(torch.randn(batch, 3, height, width))
-        assert isinstance(out, torch.Tensor) and out.shape == (batch, 3, height, width), preset
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", TV_PRESETS)
 def test_torchvision_output_at_voc_size(preset: str) -> None:
@@ -163,7 +137,7 @@ def test_gradients_reach_every_trainable_parameter(preset: str) -> None:
     def backward() -> None:
         model.zero_grad()
         output = model(images)
-        loss = F.cross_entropy(logits_of(output), target)
+        loss = F.cross_entropy(main_logits(output), target)
         if isinstance(output, dict):
             loss = loss + 0.5 * F.cross_entropy(output["aux"], target)
         loss.backward()
@@ -198,23 +172,10 @@ def test_learnable_upsampling_governs_the_2x_layers(preset, two_x, final) -> Non
 
 
 @pytest.mark.parametrize("preset", TV_PRESETS)
-def test_torchvision_aux_contract(preset: str) -> None:
-    model = tiny(preset).train()
-    out = model(torch.randn(2, 3, 40, 56))
-    assert set(out) == {"out", "aux"}
-    assert out["out"].shape == out["aux"].shape == (2, 3, 40, 56)
-    with torch.no_grad():
-        assert model.eval()(torch.randn(2, 3, 40, 56)).shape == (2, 3, 40, 56)
+def test_torchvision_without_aux_head_returns_logits_in_training(preset: str) -> None:
     no_aux = tiny(preset, aux_loss=False).train()
     assert no_aux(torch.randn(2, 3, 40, 56)).shape == (2, 3, 40, 56)
-
-
-@pytest.mark.parametrize("preset", VGG_PRESETS + TV_PRESETS)
-def test_instantiate_model_config_is_the_bare_module(preset: str) -> None:
-    """DESIGN's contract: `instantiate(cfg.model)` is the nn.Module, for every preset as composed."""
-    cfg = OmegaConf.create({"data": {"num_classes": 4}, "model": composed_model(preset)})
-    assert not {"channels_last", "compile", "aux_weight"} & set(cfg.model)  # module switches
-    assert isinstance(instantiate(cfg.model), nn.Module)
+    assert no_aux.head_layers() == ["net.classifier.4"]
 
 
 def test_builder_rejects_bad_values() -> None:

@@ -65,7 +65,7 @@ def predict_cfg(tmp_path: Path, checkpoint: Path):
 
 
 def fast_hist(label: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    """Seed 001's confusion matrix (labels outside [0, n), e.g. 255, dropped)."""
+    """A numpy confusion matrix as `fast_hist` computes it (labels outside [0, n), e.g. 255, dropped)."""
     k = (label >= 0) & (label < n)
     return np.bincount(n * label[k].astype(int) + pred[k], minlength=n**2).reshape(n, n)
 

@@ -155,7 +155,7 @@ def predict_padded(model: torch.nn.Module, images: list[np.ndarray]) -> list[np.
         }
         for img in images
     ]
-    batch = pad_collate(samples)
+    batch = pad_collate(samples, multiple=32)
     labels = model(normalize(batch["image"])).argmax(1)
     return [labels[i, :h, :w].numpy() for i, (h, w) in enumerate(batch["sizes"].tolist())]
 

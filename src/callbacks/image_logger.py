@@ -70,10 +70,10 @@ class SegmentationImageLogger(L.Callback):
 
     def __init__(
         self,
+        pad_multiple: int,
         num_samples: int = 4,
         palette: Sequence[Sequence[int]] | None = None,
         ignore_index: int = 255,
-        pad_multiple: int = 32,
         normalize: str = "imagenet",
     ) -> None:
         self.num_samples = int(num_samples)

@@ -128,12 +128,13 @@ class RandomResizeCrop:
 
 
 class LetterboxJitter:
-    """The `seed` preset: seed 001's `get_random_data`, with the mask padded by ignore_index.
+    """The `letterbox` preset: letterbox resize with aspect, scale and HSV jitter.
 
+    The geometry and colour jitter of the VOC loader this project started from (`get_random_data`).
     Stretch the aspect ratio by U(1-jitter, 1+jitter) / U(1-jitter, 1+jitter), scale the longer
     side to base_size x U(scale_range), flip, place at a random offset on a crop_size grey (128)
     canvas (cropping what overflows), then jitter hue/saturation/value by (hue, sat, val).
-    The seed padded masks with 0 (background); here the canvas outside the image is ignored.
+    That loader padded masks with 0 (background); here the canvas outside the image is ignored.
     """
 
     def __init__(
@@ -174,7 +175,7 @@ class LetterboxJitter:
         else:
             new_w = max(1, int(long_side))
             new_h = max(1, int(new_w / aspect))
-        # The seed resizes with PIL's bicubic; bilinear here, as in the `crop` preset (cheaper).
+        # That loader resizes with PIL's bicubic; bilinear here, as in the `crop` preset (cheaper).
         image, mask = resize_pair(image, mask, new_w, new_h)
         if uniform(0.0, 1.0) < self.hflip_prob:
             image, mask = hflip(image, mask)

@@ -9,9 +9,8 @@ import numpy as np
 
 from src.data.transforms import randint, uniform
 
-_LEVELS = np.arange(
-    256, dtype=np.float64
-)  # float64 as the seed, so its LUTs are reproduced exactly
+# float64 as in the VOC loader this project started from, so its LUTs are reproduced exactly.
+_LEVELS = np.arange(256, dtype=np.float64)
 
 
 def _lut(table: np.ndarray) -> np.ndarray:
@@ -33,9 +32,12 @@ def apply_hsv_luts(
 def hsv_jitter(
     image: np.ndarray, hue: float = 0.1, sat: float = 0.7, val: float = 0.3
 ) -> np.ndarray:
-    """Seed 001's colour jitter: scale OpenCV's H (mod 180), S and V by 1 + U(-1, 1) * (hue, sat, val)."""
+    """Scale OpenCV's H (mod 180), S and V by 1 + U(-1, 1) * (hue, sat, val).
+
+    The colour jitter of the VOC loader this project started from.
+    """
     r = [1.0 + uniform(-1.0, 1.0) * amount for amount in (hue, sat, val)]
-    # The seed casts with astype (truncation), not rounding; keep its semantics.
+    # That loader casts with astype (truncation), not rounding; keep its semantics.
     lut_hue = np.mod(_LEVELS * r[0], 180).astype(np.uint8)
     lut_sat = np.clip(_LEVELS * r[1], 0, 255).astype(np.uint8)
     lut_val = np.clip(_LEVELS * r[2], 0, 255).astype(np.uint8)

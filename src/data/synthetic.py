@@ -1,4 +1,4 @@
-"""The embedded dataset (issue 2): a deterministic generator of a small Pascal VOC-layout set.
+"""The embedded dataset: a deterministic generator of a small Pascal VOC-layout set.
 
 Each object class is a distinct shape with a distinct texture family; every object's two colours
 are drawn from the same distribution as the background's, so colour alone never tells the class

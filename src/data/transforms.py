@@ -83,12 +83,12 @@ def dominant_ratio(mask: np.ndarray, ignore_index: int) -> float:
     return float(counts.max() / counts.sum())
 
 
-def padded_size(height: int, width: int, multiple: int = 32) -> tuple[int, int]:
+def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
     """(H, W) rounded up to a multiple (the validation batches' padding)."""
     return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
 
-def pad_collate(samples: list[dict], ignore_index: int = 255, multiple: int = 32) -> dict:
+def pad_collate(samples: list[dict], ignore_index: int = 255, *, multiple: int) -> dict:
     """Stack samples, padding each (bottom/right) to the batch's largest size rounded up to `multiple`.
 
     Padded mask pixels are ignore_index, so losses and metrics on a padded batch equal those at the

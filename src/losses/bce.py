@@ -1,4 +1,4 @@
-"""Binary cross-entropy on one-hot targets (seed 004's `BCEWithLogitsLoss`), ignoring pixels.
+"""Binary cross-entropy on one-hot targets (pochih/FCN-pytorch's `BCEWithLogitsLoss`), ignoring pixels.
 
 Exactly the sigmoid focal form with `gamma=0, alpha=None`: the sum over valid pixels and classes
 of `w_c * BCE(logit_c, [y == c])`, divided by `(valid pixels) * sum_c w_c`.

@@ -1,4 +1,4 @@
-"""Dice loss in the F-beta form of seed 003, with ignored pixels counted nowhere.
+"""Dice loss in F-beta form (batch-level tp/fp/fn), with ignored pixels counted nowhere.
 
 With `p = softmax(logits)`, per class `c` over the batch's valid pixels: `tp = sum p_c [y=c]`,
 `fp = sum p_c [y!=c]`, `fn = sum (1-p_c) [y=c]`, and
@@ -6,7 +6,8 @@ With `p = softmax(logits)`, per class `c` over the batch's valid pixels: `tp = s
 `loss = 1 - sum_{c in K} w_c score_c / sum_{c in K} w_c` over K = the classes present in the
 batch's valid targets (`present`) or all of them (`all`). Since `fp = P_c - tp` (`P_c = sum p_c`)
 and `fn = n_c - tp` (`n_c` = valid pixels of class c), the denominator is `b^2 n_c + P_c + s`, so
-no one-hot tensor is needed (the seed's one-hot also counted ignored pixels as false positives).
+no one-hot tensor is needed (the one-hot Dice this project started from also counted ignored
+pixels as false positives).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Focal loss (Lin et al. 2017) in softmax form and in the one-vs-rest sigmoid form of seed 002.
+"""Focal loss (Lin et al. 2017) in softmax form and in one-vs-rest sigmoid form.
 
 Softmax: per valid pixel `w_y * a_y * (1 - p_y)^gamma * -log p_y` with `p` the softmax probability
-of the true class (class weights are *not* folded into `p`, unlike seed 003), summed and divided by
-`sum w_y`; `gamma=0, alpha=None` is exactly CE. Sigmoid (as `torchvision.ops.sigmoid_focal_loss`):
+of the true class (class weights are *not* folded into `p`, unlike the one-hot Focal + Dice
+implementation this project started from), summed and divided by `sum w_y`; `gamma=0, alpha=None`
+is exactly CE. Sigmoid (as `torchvision.ops.sigmoid_focal_loss`):
 per valid pixel and class `w_c * a_t * (1 - q_t)^gamma * BCE(logit_c, [y == c])`, summed and divided
 by `(valid pixels) * sum_c w_c`, where `a_t = alpha` on the true class and `1 - alpha` elsewhere.
 """

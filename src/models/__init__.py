@@ -1,10 +1,11 @@
-"""seglab's models: the FCN family on VGG16, the seed variants and torchvision baselines."""
+"""seglab's models: the FCN family on VGG16, its compact variants and torchvision baselines."""
 
 from .complexity import count_parameters, gflops
+from .contract import SegmentationModel, main_logits
 from .fcn import FCN8s, FCN16s, FCN32s
 from .fcn_compact import FCN8sCompact
 from .fcns import FCNs
-from .torchvision_models import TorchvisionSegmentation, tv_deeplabv3_resnet50, tv_fcn_resnet50
+from .torchvision_models import TorchvisionSegmentation
 
 __all__ = [
     "FCN8s",
@@ -12,9 +13,9 @@ __all__ = [
     "FCN16s",
     "FCN32s",
     "FCNs",
+    "SegmentationModel",
     "TorchvisionSegmentation",
     "count_parameters",
     "gflops",
-    "tv_deeplabv3_resnet50",
-    "tv_fcn_resnet50",
+    "main_logits",
 ]

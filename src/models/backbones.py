@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torchvision.models import VGG16_BN_Weights, VGG16_Weights
 
+from src.utils.checkpoint import load_tensor_file
 from src.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,8 @@ def read_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
     """Load a tensor-only state dict (or a checkpoint holding one under "state_dict") from disk."""
     file = existing_file(path, key)
     try:
-        loaded = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:
+        loaded = load_tensor_file(file, key)  # the one loader: weights_only, nothing in the file runs
+    except UserError as error:
         raise ModelConfigError(f"{key}={path}: not a tensor-only state dict ({error})") from None
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]

@@ -34,7 +34,7 @@ from .backbones import (
     scale_channels,
     vgg_state_dict,
 )
-from .precision import run_narrow_in_fp32 as narrow_fp32
+from .contract import SegmentationModel
 from .upsample import bilinear_upsampling, pad_to_multiple
 
 
@@ -57,16 +57,18 @@ def skip_scale_pair(values: Sequence[float]) -> tuple[float, float]:
     return scales[0], scales[1]
 
 
-class VGGFCN(nn.Module):
+class VGGFCN(SegmentationModel):
     """The part FCN-32s/16s/8s share: VGG16 conv stages, fc6/fc7 as convolutions, `score_fr`.
 
     `learnable_upsampling` governs the 2x upsamplings of 16s/8s; the final upsampling (32x, 16x
     or 8x) is always fixed bilinear interpolation, as in the paper. `init_from` copies every
     tensor whose name and shape match from a checkpoint (FCN-32s -> 16s -> 8s staged training).
-    The num_classes-wide head (score and upsampling layers) goes through `narrow_fp32`: in fp32
-    under CPU bf16 autocast, where oneDNN's AMX kernels compute such narrow layers wrongly
-    (src/models/precision.py); otherwise it is the plain layer call.
+    The num_classes-wide head (score and upsampling layers) is declared with `declare_head`: in
+    fp32 under CPU bf16 autocast, where oneDNN's AMX kernels compute such narrow layers wrongly
+    (src/models/precision.py); otherwise the plain layer.
     """
+
+    weight_keys = ("backbone.weights", "init_from")
 
     def __init__(
         self,
@@ -86,6 +88,7 @@ class VGGFCN(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.score_fr = score_layer(hidden, num_classes)
         self.build_upsampling(num_classes, learnable_upsampling)
+        self.declare_head(*(m for n, m in self.named_children() if n.startswith(("score", "upscore"))))
         state = vgg_state_dict(spec)
         if state is not None:
             self.load_vgg(state, str(spec.weights))
@@ -111,7 +114,7 @@ class VGGFCN(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """pool3, pool4 and the stride-32 class scores of `x` padded to a multiple of 32."""
         _, _, pool3, pool4, pool5 = self.backbone(pad_to_multiple(x))
-        return pool3, pool4, narrow_fp32(self.score_fr, self.fc7_features(pool5))
+        return pool3, pool4, self.score_fr(self.fc7_features(pool5))
 
     def fc7_features(self, pool5: torch.Tensor) -> torch.Tensor:
         """fc7's activations (after ReLU, then dropout) on pool5: VGG16's classifier run as convolutions."""
@@ -129,7 +132,7 @@ class FCN32s(VGGFCN):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes, H, W) for images (N, 3, H, W)."""
         _, _, score = self.encode(x)
-        return narrow_fp32(self.upscore, score)[..., : x.shape[-2], : x.shape[-1]]
+        return self.upscore(score)[..., : x.shape[-2], : x.shape[-1]]
 
 
 class FCN16s(VGGFCN):
@@ -144,8 +147,8 @@ class FCN16s(VGGFCN):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes, H, W) for images (N, 3, H, W)."""
         _, pool4, score = self.encode(x)
-        score = narrow_fp32(self.upscore2, score) + narrow_fp32(self.score_pool4, pool4)
-        return narrow_fp32(self.upscore16, score)[..., : x.shape[-2], : x.shape[-1]]
+        score = self.upscore2(score) + self.score_pool4(pool4)
+        return self.upscore16(score)[..., : x.shape[-2], : x.shape[-1]]
 
 
 class FCN8s(VGGFCN):
@@ -183,6 +186,6 @@ class FCN8s(VGGFCN):
         """Logits (N, num_classes, H, W) for images (N, 3, H, W)."""
         pool3, pool4, score = self.encode(x)
         pool4_scale, pool3_scale = self.skip_scales
-        score = narrow_fp32(self.upscore2, score) + narrow_fp32(self.score_pool4, pool4 * pool4_scale)
-        score = narrow_fp32(self.upscore_pool4, score) + narrow_fp32(self.score_pool3, pool3 * pool3_scale)
-        return narrow_fp32(self.upscore8, score)[..., : x.shape[-2], : x.shape[-1]]
+        score = self.upscore2(score) + self.score_pool4(pool4 * pool4_scale)
+        score = self.upscore_pool4(score) + self.score_pool3(pool3 * pool3_scale)
+        return self.upscore8(score)[..., : x.shape[-2], : x.shape[-1]]

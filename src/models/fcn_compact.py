@@ -1,4 +1,4 @@
-"""Seed 000's compact FCN-8s: vgg16_bn stages fused by 1x1 convolutions, no fc6/fc7."""
+"""A compact FCN-8s on vgg16_bn features: stages fused by 1x1 convolutions, no fc6/fc7."""
 
 from __future__ import annotations
 
@@ -9,17 +9,22 @@ import torch
 from torch import nn
 
 from .backbones import BackboneSpec, build_vgg, copy_matching_tensors
-from .precision import run_narrow_in_fp32 as narrow_fp32
+from .contract import SegmentationModel
 from .upsample import bilinear_upsampling, pad_to_multiple
 
 
-class FCN8sCompact(nn.Module):
+class FCN8sCompact(SegmentationModel):
     """pool5 features upsampled 2x + pool4, 1x1 conv, upsampled 2x + pool3, 1x1 conv, 8x.
 
     Unlike the paper's FCN-8s it fuses feature maps (not class scores) and has no fc6/fc7, so it
-    is about a tenth of the size. The seed's unused `scores1..3` layers are left out.
+    is about a tenth of the size. The unused `scores1..3` layers of the design it comes from are
+    left out.
     `learnable_upsampling` governs the two 2x upsamplings; the final 8x is fixed bilinear.
+    The fusion layers after pool5 are declared head layers: num_classes wide, or narrow at tiny
+    widths, they run in fp32 under CPU bf16 autocast (src/models/precision.py).
     """
+
+    weight_keys = ("backbone.weights", "init_from")
 
     def __init__(
         self,
@@ -36,14 +41,15 @@ class FCN8sCompact(nn.Module):
         self.upsample_2x_2 = bilinear_upsampling(c3, c3, 2, learnable_upsampling)
         self.conv_trans2 = nn.Conv2d(c3, num_classes, kernel_size=1)
         self.upsample_8x = bilinear_upsampling(num_classes, num_classes, 8, learnable=False)
+        self.declare_head(
+            self.upsample_2x_1, self.conv_trans1, self.upsample_2x_2, self.conv_trans2, self.upsample_8x
+        )
         if init_from is not None:
             copy_matching_tensors(self, init_from, key="model.init_from")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes, H, W) for images (N, 3, H, W); see fcn.py on the padding."""
         _, _, s3, s4, s5 = self.backbone(pad_to_multiple(x))
-        # the layers narrower than 16 channels (num_classes wide, or all at tiny widths) run in fp32
-        # under CPU bf16 autocast (src/models/precision.py); the others as autocast decides
-        fused = narrow_fp32(self.conv_trans1, narrow_fp32(self.upsample_2x_1, s5) + s4)
-        scores = narrow_fp32(self.conv_trans2, narrow_fp32(self.upsample_2x_2, fused) + s3)
-        return narrow_fp32(self.upsample_8x, scores)[..., : x.shape[-2], : x.shape[-1]]
+        fused = self.conv_trans1(self.upsample_2x_1(s5) + s4)
+        scores = self.conv_trans2(self.upsample_2x_2(fused) + s3)
+        return self.upsample_8x(scores)[..., : x.shape[-2], : x.shape[-1]]

@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchvision.models import ResNet50_Weights, ResNet101_Weights
 from torchvision.models import segmentation as tvseg
 
@@ -18,6 +17,7 @@ from .backbones import (
     load_checked,
     resolve_weights,
 )
+from .contract import SegmentationModel
 
 _BUILDERS = {
     ("fcn", "resnet50"): tvseg.fcn_resnet50,
@@ -32,7 +32,7 @@ _IMAGENET = {
 RESNET_NAMES = ("resnet50", "resnet101")
 
 
-class TorchvisionSegmentation(nn.Module):
+class TorchvisionSegmentation(SegmentationModel):
     """A torchvision segmentation model (output stride 8) returning logits at the input size.
 
     With `aux_loss`, training mode returns `{"out": logits, "aux": aux_logits}` (as torchvision
@@ -40,6 +40,8 @@ class TorchvisionSegmentation(nn.Module):
     logits tensor and skips the aux head. DeepLabV3's image pooling branch has a BatchNorm over
     one value per channel, so it needs a batch of at least 2 in training mode.
     """
+
+    weight_keys = ("backbone.weights", "init_from")
 
     def __init__(
         self,
@@ -61,6 +63,9 @@ class TorchvisionSegmentation(nn.Module):
         self.net = build(
             weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux_loss
         )
+        self.declare_head(
+            self.net.classifier[-1], *([self.net.aux_classifier[-1]] if aux_loss else [])
+        )
         if spec.weights is not None:
             self.load_backbone(spec)
         if init_from is not None:
@@ -81,21 +86,11 @@ class TorchvisionSegmentation(nn.Module):
         features = self.net.backbone(x)
         out = self.upsample(self.net.classifier(features["out"]), size)
         if not self.training or self.net.aux_classifier is None:
-            return out
-        aux = self.upsample(self.net.aux_classifier(features["aux"]), size)
-        return {"out": out, "aux": aux}
+            return self.outputs(out)
+        return self.outputs(out, self.upsample(self.net.aux_classifier(features["aux"]), size))
 
     @staticmethod
     def upsample(logits: torch.Tensor, size: torch.Size) -> torch.Tensor:
         """Bilinear resize to the input size, as torchvision's models do."""
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
-
-def tv_fcn_resnet50(num_classes: int, **kwargs: Any) -> TorchvisionSegmentation:
-    """torchvision's `fcn_resnet50` (a ResNet-50 FCN head without skips)."""
-    return TorchvisionSegmentation("fcn", num_classes, **kwargs)
-
-
-def tv_deeplabv3_resnet50(num_classes: int, **kwargs: Any) -> TorchvisionSegmentation:
-    """torchvision's `deeplabv3_resnet50` (ASPP head)."""
-    return TorchvisionSegmentation("deeplabv3", num_classes, **kwargs)

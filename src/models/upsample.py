@@ -13,8 +13,8 @@ VGG_STRIDE = 32
 def bilinear_kernel(in_channels: int, out_channels: int, kernel_size: int) -> torch.Tensor:
     """Weight `(in, out, k, k)` for `ConvTranspose2d` that upsamples each channel bilinearly.
 
-    Seed 000's semantics: channel `i` maps to channel `i` only (a diagonal mapping); the seed
-    required `in == out`, here the diagonal covers `min(in, out)` channels and the rest is zero.
+    Channel `i` maps to channel `i` only (a diagonal mapping), as in the classic FCN
+    `bilinear_kernel`; that one required `in == out`, here the diagonal covers `min(in, out)` channels and the rest is zero.
     """
     factor = (kernel_size + 1) // 2
     center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5

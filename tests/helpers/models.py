@@ -1,9 +1,20 @@
-"""Model set-up for tests that compare outputs: untrained FCNs score every pixel 0 (zero score layers)."""
+"""Model set-up for tests: presets as the command line composes them, and weights that make outputs differ.
+
+Untrained FCNs score every pixel 0 (zero score layers), so tests that compare outputs randomise them.
+"""
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 from torch import nn
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def randomize_score_layers(model: nn.Module, seed: int = 0, std: float = 0.05) -> nn.Module:
@@ -25,3 +36,14 @@ def randomize_batchnorm_statistics(model: nn.Module, seed: int = 0) -> nn.Module
                 module.running_mean.uniform_(-0.5, 0.5, generator=generator)
                 module.running_var.uniform_(0.5, 2.0, generator=generator)
     return model
+
+
+@functools.cache
+def composed_model(preset: str) -> dict:
+    """`model=<preset>` as `python src/train.py` composes it (defaults list included), unresolved."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        # ~sizing: the default run's CPU size (conf/sizing/) would apply to fcn8s
+        cfg = compose(config_name="train", overrides=[f"model={preset}", "~sizing"])
+    GlobalHydra.instance().clear()
+    return OmegaConf.to_container(cfg.model)

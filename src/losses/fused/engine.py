@@ -4,8 +4,8 @@ This is an optimisation behind the plain modules of `src/losses/` (each term's `
 its form here), never the only way to write a loss. The engine walks the logits chunk by chunk,
 computes `log_softmax` once per chunk for all terms, accumulates in fp32/fp64 whatever the logits'
 dtype, and in backward recomputes the softmax instead of keeping full-size temporaries: the plain
-autograd chain keeps several `N*C*H*W` tensors alive (issue 4; `scripts/bench_losses.py` measures
-both). A term here reads a chunk and returns sums (forward) or gradient coefficients (backward).
+autograd chain keeps several `N*C*H*W` tensors alive (`scripts/bench_losses.py` measures both).
+A term here reads a chunk and returns sums (forward) or gradient coefficients (backward).
 """
 
 from __future__ import annotations
