@@ -101,21 +101,30 @@ REFERENCE = {
 
 def recipe(name: str, tmp_path: Path, *overrides: str) -> Any:
     """`python src/train.py experiment=<name> data.root=...` as composed, resolved."""
-    cfg = compose_config("train", [f"experiment={name}", f"data.root={tmp_path}", *overrides], tmp_path / "run")
+    cfg = compose_config(
+        "train", [f"experiment={name}", f"data.root={tmp_path}", *overrides], tmp_path / "run"
+    )
     run_config = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     return OmegaConf.to_container(run_config, resolve=True, throw_on_missing=False)
 
 
 @pytest.mark.parametrize("name", RECIPES)
-def test_a_recipe_composes_with_its_dataset_and_holds_the_references_values(name: str, tmp_path: Path) -> None:
+def test_a_recipe_composes_with_its_dataset_and_holds_the_references_values(
+    name: str, tmp_path: Path
+) -> None:
     cfg = OmegaConf.create(recipe(name, tmp_path))
     found = {key: OmegaConf.select(cfg, key, default="<absent>") for key in RECIPES[name]}
     assert found == RECIPES[name]
-    assert cfg.model.num_classes == cfg.data.num_classes and len(cfg.data.class_names) == cfg.data.num_classes
+    assert (
+        cfg.model.num_classes == cfg.data.num_classes
+        and len(cfg.data.class_names) == cfg.data.num_classes
+    )
 
 
 @pytest.mark.parametrize("name", ["cityscapes_deeplabv3plus_r50", "ade20k_deeplabv3plus_r50"])
-def test_the_deeplab_recipes_build_a_resnet50_dilated_to_output_stride_8(name: str, tmp_path: Path) -> None:
+def test_the_deeplab_recipes_build_a_resnet50_dilated_to_output_stride_8(
+    name: str, tmp_path: Path
+) -> None:
     pytest.importorskip("segmentation_models_pytorch")
     from src.utils.checkpoint import build_checked
 
@@ -129,6 +138,12 @@ def test_the_deeplab_recipes_build_a_resnet50_dilated_to_output_stride_8(name: s
 def test_docs_list_every_recipe_with_its_reference_figure_and_source() -> None:
     text = (ROOT / "docs" / "models.md").read_text()
     for name, figure in REFERENCE.items():
-        rows = [line for line in text.splitlines() if line.startswith("|") and f"`experiment={name}`" in line]
+        rows = [
+            line
+            for line in text.splitlines()
+            if line.startswith("|") and f"`experiment={name}`" in line
+        ]
         assert len(rows) == 1, name
-        assert re.search(rf"\|\s*{re.escape(figure)}\b", rows[0]) and "mmsegmentation" in rows[0], rows[0]
+        assert re.search(rf"\|\s*{re.escape(figure)}\b", rows[0]) and "mmsegmentation" in rows[0], (
+            rows[0]
+        )
