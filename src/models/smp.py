@@ -55,11 +55,6 @@ FIXED_ARGUMENTS = (
     "activation",
     "aux_params",
 )
-# ImageNet classifiers that smp's encoders drop when they load weights (their load_state_dict)
-CLASSIFIER_LAYERS = ("fc", "_fc", "classifier", "classifier.1", "last_linear", "head", "linear")
-CLASSIFIER_KEYS = frozenset(
-    f"{layer}.{p}" for layer in CLASSIFIER_LAYERS for p in ("weight", "bias")
-)
 # PAN's feature pyramid attention max-pools the last feature map 3 times: it needs 2**3 cells
 MIN_CELLS = {"pan": 8}
 # timm's test ResNet (0.5M parameters, strides 2..32): what smp's own tests train
@@ -74,11 +69,10 @@ class MissingExtraError(UserError, ModuleNotFoundError):
 
 def import_smp() -> ModuleType:
     """`segmentation_models_pytorch`, or a MissingExtraError naming seglab's extra."""
+    # smp itself, or timm / huggingface_hub / safetensors that it imports
     try:
         import segmentation_models_pytorch
-    except (
-        ModuleNotFoundError
-    ):  # smp itself, or timm / huggingface_hub / safetensors that it imports
+    except ModuleNotFoundError:
         raise MissingExtraError(
             "model needs seglab's 'smp' extra, which is not installed: pip install -e '.[smp]'"
         ) from None
@@ -256,11 +250,17 @@ def load_smp_encoder(encoder_module: nn.Module, encoder: str, weights: str) -> N
             f"{WEIGHTS_KEY}={weights!r}: encoder {encoder} has weights {sorted(settings)}; "
             "or pass the path of a .pth / .safetensors file"
         )
-    state = {name: tensor for name, tensor in state.items() if name not in CLASSIFIER_KEYS}
-    check_fits(state, encoder_module.state_dict(), encoder, weights)
-    # checked above, so only BatchNorm's step counters may be absent; nn.Module's own loader, as
-    # some of smp's encoders override load_state_dict without a `strict` argument
-    nn.Module.load_state_dict(encoder_module, state, strict=False)
+    # The encoder's own loader drops its ImageNet classifier and renames old key layouts (in place),
+    # then loads strictly; on a mismatch the keys it was left with are named.
+    remapped = dict(state)
+    try:
+        encoder_module.load_state_dict(remapped)
+    except RuntimeError as err:
+        check_fits(remapped, encoder_module.state_dict(), encoder, weights)
+        raise ModelConfigError(f"{WEIGHTS_KEY}={weights}: {str(err).splitlines()[0]}") from None
+    log.info(
+        "%s=%s: loaded %d tensors into encoder %s", WEIGHTS_KEY, weights, len(remapped), encoder
+    )
 
 
 def timm_encoder_state(encoder: str, weights: str) -> dict[str, torch.Tensor]:
@@ -279,13 +279,17 @@ def timm_encoder_state(encoder: str, weights: str) -> dict[str, torch.Tensor]:
         state = read_weights_file(str(download(config.hf_hub_id, filename, None, encoder, weights)))
     else:
         state = read_weights_file(weights)
-    with torch.device("meta"):  # only the key names and shapes are needed
+    try:
+        with torch.device("meta"):  # only the key names and shapes are needed
+            expected = timm.create_model(name).state_dict()
+    except Exception:  # a model that cannot be built on the meta device: build it for real
         expected = timm.create_model(name).state_dict()
     classifier = timm.models.get_pretrained_cfg(name)
     optional = (
         [classifier.classifier] if classifier and isinstance(classifier.classifier, str) else []
     )
     check_fits(state, expected, encoder, weights, optional_layers=optional)
+    log.info("%s=%s: %d tensors for encoder %s", WEIGHTS_KEY, weights, len(state), encoder)
     return state
 
 
