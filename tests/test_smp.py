@@ -242,7 +242,12 @@ def test_every_preset_trains_a_smoke_run_and_rebuilds_from_its_checkpoint(
 
     # debug=smoke shrinks the VGG models through model.backbone.width, which smp models do not have
     cfg = smoke_cfg(
-        f"model={preset}", "~model.backbone", *SMOKE_OVERRIDES[preset], "trainer.max_epochs=1"
+        f"model={preset}",
+        "~model.backbone",
+        *SMOKE_OVERRIDES[preset],
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=1",
+        "logger=csv",
     )
     metrics = train(cfg)
     assert torch.isfinite(torch.tensor(metrics["train/loss"])) and 0.0 <= metrics["val/mIoU"] <= 1.0
