@@ -1,12 +1,14 @@
-"""Predict masks for images with a checkpoint: palette PNGs and colour overlays.
+"""Predict masks for images with a checkpoint: palette PNGs or label ids, and colour overlays.
 
 python src/predict.py ckpt_path=<run>/checkpoints/last.ckpt input=<file | dir | glob> output=<dir>
+                      [predict.format=palette|label_ids] [predict.overlays=false]
                       [predict.mode=whole|slide] [predict.tta=true] [predict.device=cpu]
+
+Which files are read and where each mask goes: src/prediction_files.py.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -19,14 +21,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hydra  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from PIL import Image  # noqa: E402
 from rich.progress import track  # noqa: E402
 
-from src.data.io import IMAGE_SUFFIXES, read_image  # noqa: E402
-from src.data.palette import colorize, colour_table, save_palette_png  # noqa: E402
+from src.data.io import read_image  # noqa: E402
+from src.data.label_maps import LabelMap, optional_label_map  # noqa: E402
+from src.data.palette import colorize, colour_table  # noqa: E402
 from src.data.transforms import normalize, pad_collate  # noqa: E402
-from src.inference import InferenceOptions, segment_padded_batch  # noqa: E402
+from src.inference import MODES, InferenceOptions, segment_padded_batch  # noqa: E402
+from src.prediction_files import (  # noqa: E402
+    check_format,
+    check_output,
+    input_base,
+    list_inputs,
+    output_names,
+    overlay_folder,
+    write_mask,
+)
 from src.utils.checkpoint import (  # noqa: E402
     InputConvention,
     input_convention,
@@ -37,35 +49,6 @@ from src.utils.errors import UserError  # noqa: E402
 from src.visualization import overlay  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-
-def list_inputs(spec: str) -> list[Path]:
-    """The image files named by a file, a folder (its images, sorted) or a glob pattern."""
-    path = Path(spec).expanduser()
-    if path.is_file():
-        files = [path]
-    elif path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    elif glob.has_magic(spec):
-        files = sorted(
-            Path(p)
-            for p in glob.glob(str(path), recursive=True)
-            if Path(p).suffix.lower() in IMAGE_SUFFIXES
-        )
-    else:
-        raise UserError(
-            f"input={spec} does not exist; expected an image file, a folder of images or a glob pattern"
-        )
-    if not files:
-        raise UserError(f"input={spec} names no images (looked for {', '.join(IMAGE_SUFFIXES)})")
-    stems: dict[str, Path] = {}
-    for file in files:
-        if file.stem in stems:
-            raise UserError(
-                f"input={spec}: {stems[file.stem]} and {file} share the stem '{file.stem}', so their masks would overwrite each other"
-            )
-        stems[file.stem] = file
-    return files
 
 
 def choose_device(name: str) -> torch.device:
@@ -136,8 +119,8 @@ def palette_of(cfg: DictConfig, hparams: dict[str, Any]) -> Any:
     return stored_data(hparams).get("palette")
 
 
-def checked_options(cfg: DictConfig) -> tuple[InferenceOptions, float, int]:
-    """The inference options, overlay alpha and batch size of `cfg.predict`, checked."""
+def checked_options(cfg: DictConfig) -> tuple[float, int, str]:
+    """The overlay alpha, batch size and mask format of `cfg.predict`, checked before any model loads."""
     if not cfg.get("ckpt_path"):
         raise UserError(
             "ckpt_path is required: python src/predict.py ckpt_path=<run>/checkpoints/last.ckpt input=... output=..."
@@ -146,26 +129,67 @@ def checked_options(cfg: DictConfig) -> tuple[InferenceOptions, float, int]:
         raise UserError(
             "input is required: an image file, a folder of images or a glob pattern (input=...)"
         )
-    options = InferenceOptions.from_config(
-        OmegaConf.to_container(cfg.predict, resolve=True), "predict"
-    )
     alpha = float(cfg.predict.overlay_alpha)
     if not 0.0 <= alpha <= 1.0:
         raise UserError(f"predict.overlay_alpha={alpha}: expected a value in [0, 1]")
     batch_size = int(cfg.predict.batch_size)
     if batch_size < 1:
         raise UserError(f"predict.batch_size={batch_size}: expected a positive integer")
-    return options, alpha, batch_size
+    return alpha, batch_size, check_format(str(cfg.predict.format))
+
+
+def inference_options(cfg: DictConfig, data_cfg: dict[str, Any]) -> InferenceOptions:
+    """predict.* as InferenceOptions; what the command line leaves unset comes from the checkpoint's data.inference.
+
+    conf/inference/default.yaml reads `data.inference` (eval.py's data config); predict.py has no
+    data config, so the checkpoint's stored one stands in for it here.
+    """
+    with open_dict(cfg):
+        cfg.data = {"inference": stored_inference_defaults(data_cfg)}
+    return InferenceOptions.from_config(OmegaConf.to_container(cfg.predict, resolve=True), "predict")
+
+
+def stored_inference_defaults(data_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's data.inference, only as plain checked values (a stored string is never an interpolation)."""
+    stored = data_cfg.get("inference") or {}
+    defaults: dict[str, Any] = {}
+    if stored.get("mode") in MODES:
+        defaults["mode"] = stored["mode"]
+    for key in ("crop_size", "stride"):
+        value = stored.get(key)
+        if isinstance(value, int) or (isinstance(value, list) and all(isinstance(v, int) for v in value)):
+            defaults[key] = value
+    return defaults
+
+
+def label_map_of(cfg: DictConfig, data_cfg: dict[str, Any]) -> LabelMap | None:
+    """predict.label_map, else the checkpoint's data.label_map (None: masks are class indices)."""
+    name = cfg.predict.get("label_map") or data_cfg.get("label_map")
+    label_map = optional_label_map(name)
+    if label_map is not None and cfg.predict.get("label_map"):
+        # a label map given here must fit the model's classes
+        num_classes = data_cfg.get("num_classes")
+        if num_classes is not None and int(num_classes) != label_map.num_classes:
+            raise UserError(
+                f"predict.label_map={label_map.name} maps {label_map.num_classes} classes but the "
+                f"checkpoint's model predicts {num_classes}"
+            )
+    return label_map
 
 
 def predict(cfg: DictConfig) -> list[Path]:
-    """Write <output>/<stem>.png masks and <output>/overlays/<stem>.png for every input image; return the mask paths."""
-    options, alpha, batch_size = checked_options(cfg)
+    """Write a mask per input image (src/prediction_files.py) and its overlay beside; return the mask paths."""
+    alpha, batch_size, fmt = checked_options(cfg)
     files = list_inputs(str(cfg.input))
+    base, output = input_base(str(cfg.input), files), Path(cfg.output).expanduser()
+    names = output_names(files, base)
+    check_output(output, base)
     device = choose_device(str(cfg.predict.device))
     model, hparams = model_from_checkpoint(cfg.ckpt_path, list(cfg.trust.model_targets))
     model.to(device)
     data_cfg = stored_data(hparams)
+    options = inference_options(cfg, data_cfg)
+    label_map = label_map_of(cfg, data_cfg)
     try:
         table = colour_table(palette_of(cfg, hparams), int(data_cfg.get("ignore_index", 255)))
     except ValueError as err:
@@ -175,18 +199,19 @@ def predict(cfg: DictConfig) -> list[Path]:
         if int(cfg.predict.pad_multiple) < 1:
             raise UserError(f"predict.pad_multiple={cfg.predict.pad_multiple}: expected a positive integer or null")
         convention = InputConvention(convention.normalize, int(cfg.predict.pad_multiple))
-    output = Path(cfg.output)
-    (output / "overlays").mkdir(parents=True, exist_ok=True)
+    overlays = overlay_folder(output) if cfg.predict.overlays else None
     written = []
     predictions = predict_files(model, files, options, device, batch_size, convention)
-    for path, image, mask in track(predictions, total=len(files), description="predicting"):
-        target = output / f"{path.stem}.png"
-        save_palette_png(target, mask, table)  # pixel values are the class indices, as in VOC
-        Image.fromarray(overlay(image, colorize(mask, table), alpha)).save(
-            output / "overlays" / f"{path.stem}.png"
-        )
-        written.append(target)
-    log.info("%d masks written to %s", len(written), output)
+    for name, (_, image, mask) in zip(
+        names, track(predictions, total=len(files), description="predicting"), strict=True
+    ):
+        write_mask(output / name, mask, fmt, table, label_map)
+        if overlays is not None:
+            (overlays / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(overlay(image, colorize(mask, table), alpha)).save(overlays / name)
+        written.append(output / name)
+    log.info("%d masks (%s) written to %s%s", len(written), fmt, output,
+             f", overlays to {overlays}" if overlays else "")  # fmt: skip
     return written
 
 

@@ -34,7 +34,9 @@ OVERLAY_SUFFIX = "_overlays"
 
 def _images_in(folder: Path) -> list[Path]:
     """Every image file below `folder`, in the order of their paths."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def list_inputs(spec: str) -> list[Path]:

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from src.sweeps.trial import refuse_search_outside_runner  # noqa: E402
 from src.utils.errors import UserError, exit_on_user_error  # noqa: E402
 from src.utils.resolvers import check_required  # noqa: E402
 from src.utils.run_guard import LAST, check_resume_config, resume_checkpoint  # noqa: E402
@@ -101,6 +102,7 @@ def main(cfg: DictConfig) -> float | None:
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     with exit_on_user_error(reraise=in_sweep):
         check_required(cfg)  # before src.utils.ddp imports Lightning (~6 s)
+        refuse_search_outside_runner(cfg)
     from src.utils import ddp
 
     ddp.install(__file__)  # DDP children join this job as a single run (see src/utils/ddp.py)

@@ -210,3 +210,11 @@ def test_conf_dir_is_where_the_loader_looks() -> None:
     from src.utils import checkpoint
 
     assert checkpoint.CONF_MODEL_DIR == CONF_DIR / "model"
+
+
+def test_stored_test_time_defaults_are_read_as_plain_values_only() -> None:
+    from src.predict import stored_inference_defaults
+
+    stored = {"inference": {"mode": "${oc.env:HOME}", "crop_size": "${seglab.required:x}", "stride": [768, 768]}}
+    assert stored_inference_defaults(stored) == {"stride": [768, 768]}
+    assert stored_inference_defaults({"inference": {"mode": "slide", "crop_size": 512}}) == {"mode": "slide", "crop_size": 512}

@@ -1,4 +1,7 @@
-"""src/predict.py on a smoke-run checkpoint: palette masks, overlays, inputs, and agreement with eval.py."""
+"""src/predict.py on a smoke-run checkpoint: palette masks, overlays, inputs, and agreement with eval.py.
+
+Recursive inputs, mirrored outputs and the label-id format: tests/test_prediction_files.py and
+tests/test_cityscapes.py."""
 
 from __future__ import annotations
 
@@ -123,7 +126,9 @@ def test_masks_are_voc_palette_pngs_and_overlays_blend(
 
     rgb = cv2.cvtColor(cv2.imread(str(image_path)), cv2.COLOR_BGR2RGB).astype(np.float64)
     expected = 0.5 * rgb + 0.5 * voc_palette(256)[mask].astype(np.float64)
-    overlay = np.array(Image.open(tmp_path / "pred" / "overlays" / "val_00001.png")).astype(
+    # overlays sit beside the mask folder, which holds the masks alone
+    assert [p.name for p in (tmp_path / "pred").iterdir()] == ["val_00001.png"]
+    overlay = np.array(Image.open(tmp_path / "pred_overlays" / "val_00001.png")).astype(
         np.float64
     )
     assert overlay.shape == rgb.shape
@@ -197,8 +202,8 @@ def test_inputs_file_dir_glob_and_errors(tmp_path: Path, voc_dir: Path, predict_
     clash.mkdir()
     for name in ("a.jpg", "a.png"):
         cv2.imwrite(str(clash / name), np.zeros((40, 40, 3), np.uint8))
-    with pytest.raises(UserError, match=r"share the stem 'a'"):
-        list_inputs(str(clash))
+    with pytest.raises(UserError, match=r"a\.jpg and .*a\.png would both be predicted into a\.png"):
+        predict(predict_cfg(str(clash)))
     (clash / "b.png").write_bytes(b"not an image")
     with pytest.raises(UserError, match=r"cannot decode image .*b\.png"):
         predict(predict_cfg(str(clash / "b.png")))

@@ -51,8 +51,8 @@ class LabelMap:
         return len(self.class_ids)
 
     def lookup(self, ignore_index: int) -> np.ndarray:
-        """int32 table indexed by label id: the class index, `ignore_index`, or NOT_IN_TABLE."""
-        table = np.full(max(self.class_ids + self.ignored_ids) + 1, NOT_IN_TABLE, dtype=np.int32)
+        """int16 (256,) table indexed by label id: the class index, `ignore_index`, or NOT_IN_TABLE."""
+        table = np.full(256, NOT_IN_TABLE, dtype=np.int16)
         table[list(self.ignored_ids)] = ignore_index
         table[list(self.class_ids)] = np.arange(self.num_classes)
         return table
@@ -61,12 +61,15 @@ class LabelMap:
         self, label_ids: np.ndarray, ignore_index: int
     ) -> tuple[np.ndarray, dict[int, int]]:
         """(uint8 class mask, {label id not in the table: pixel count}) of an integer mask of label ids."""
-        table = self.lookup(ignore_index)
-        ids = label_ids.astype(np.int64, copy=False)
-        known = (ids >= 0) & (ids < len(table))
-        classes = np.full(ids.shape, NOT_IN_TABLE, dtype=np.int32)
-        classes[known] = table[ids[known]]
+        ids = np.asarray(label_ids)
+        outside = None if ids.dtype == np.uint8 else (ids < 0) | (ids > 255)  # 16-bit masks
+        as_bytes = ids if outside is None else np.where(outside, 0, ids).astype(np.uint8)
+        classes = self.lookup(ignore_index)[as_bytes]  # one gather per pixel
         unknown = classes == NOT_IN_TABLE
+        if outside is not None:
+            unknown |= outside
+        if not unknown.any():
+            return classes.astype(np.uint8), {}
         values, counts = np.unique(ids[unknown], return_counts=True)
         classes[unknown] = ignore_index
         return classes.astype(np.uint8), dict(zip(values.tolist(), counts.tolist(), strict=True))

@@ -23,6 +23,7 @@ from torch import nn
 from src.losses.common import LossConfigError, as_class_weights
 from src.losses.composite import CompositeLoss
 from src.models.complexity import complexity_summary
+from src.utils.config_tree import LAUNCH_SECTIONS
 from src.utils.errors import UserError, find_user_error
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,10 @@ class Run:
 
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as plain containers (what checkpoints store as hyper-parameters)."""
-    without_hydra = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
-    return OmegaConf.to_container(without_hydra, resolve=True, throw_on_missing=False)
+    """The resolved run config as plain containers (what checkpoints store as hyper-parameters);
+    Hydra's and the sweep runner's sections are left out."""
+    run_only = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in LAUNCH_SECTIONS])
+    return OmegaConf.to_container(run_only, resolve=True, throw_on_missing=False)
 
 
 def build_datamodule(data_cfg: DictConfig, splits: Sequence[str] | None = None, **overrides: Any) -> Any:
