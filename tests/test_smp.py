@@ -8,7 +8,6 @@ touches the network.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -206,18 +205,6 @@ def test_imagenet_offline_names_the_file_to_download_and_the_key_to_pass_it(
     )
     assert f"https://huggingface.co/{repo}/resolve/" in message
     assert message.endswith(f"pass its path: model.encoder_weights=/path/to/{filename}")
-
-
-def test_choosing_an_smp_model_without_the_extra_names_it(
-    smoke_cfg, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cfg = smoke_cfg("model=unet_resnet34", "~model.backbone")
-    monkeypatch.setitem(sys.modules, "segmentation_models_pytorch", None)  # as if never installed
-    with pytest.raises(SystemExit) as caught, exit_on_user_error():  # what the entry points do
-        hydra.utils.instantiate(cfg.model)
-    assert str(caught.value) == (
-        "seglab: error: model needs seglab's 'smp' extra, which is not installed: pip install -e '.[smp]'"
-    )
 
 
 # preset -> overrides that make it tiny: timm's test ResNet for the encoder, narrow decoders
