@@ -152,14 +152,19 @@ def segment(forward: Forward, images: torch.Tensor, options: InferenceOptions) -
     return predict_single_scale(forward, images, options)
 
 
-def segment_padded_batch(
+def probabilities(scores: torch.Tensor, options: InferenceOptions) -> torch.Tensor:
+    """Softmax probabilities over dim 1 from what `segment` returned (TTA already averages them)."""
+    return scores.float() if options.tta else scores.float().softmax(1)
+
+
+def segment_padded_scores(
     forward: Forward,
     images: torch.Tensor,
     sizes: Sequence[tuple[int, int]],
     options: InferenceOptions,
     multiple: int,
 ) -> list[torch.Tensor]:
-    """Class masks (h, w) for a batch padded bottom/right, each image seen at its own size rounded up to `multiple`.
+    """Scores (C, h, w) for a batch padded bottom/right, each image seen at its own size rounded up to `multiple`.
 
     A batch is padded to its largest image; predicting every image on its own padded extent
     (grouping images of the same extent) makes a prediction independent of its batch-mates, so
@@ -168,11 +173,23 @@ def segment_padded_batch(
     groups: dict[tuple[int, int], list[int]] = {}
     for index, (h, w) in enumerate(sizes):
         groups.setdefault(padded_size(int(h), int(w), multiple), []).append(index)
-    masks: list[torch.Tensor | None] = [None] * len(sizes)
+    scores: list[torch.Tensor | None] = [None] * len(sizes)
     for (height, width), members in groups.items():
-        scores = segment(forward, images[members, :, :height, :width], options)
-        labels = scores.argmax(1)
+        group_scores = segment(forward, images[members, :, :height, :width], options)
         for row, index in enumerate(members):
             h, w = (int(v) for v in sizes[index])
-            masks[index] = labels[row, :h, :w]
-    return masks  # type: ignore[return-value]
+            scores[index] = group_scores[row, :, :h, :w]
+    return scores  # type: ignore[return-value]
+
+
+def segment_padded_batch(
+    forward: Forward,
+    images: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    options: InferenceOptions,
+    multiple: int = 32,
+) -> list[torch.Tensor]:
+    """Class masks (h, w) of `segment_padded_scores`: the argmax of each image's scores."""
+    return [
+        scores.argmax(0) for scores in segment_padded_scores(forward, images, sizes, options, multiple)
+    ]

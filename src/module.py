@@ -1,13 +1,16 @@
-"""The LightningModule: model + loss + confusion-matrix metrics + the configured optimiser and LR schedule.
+"""The LightningModule: model + loss + the configured metric set + optimiser and LR schedule.
 
-Built by `src.utils.build.build_module` from `conf/module/` (`instantiate(cfg.module, model=..., loss=...)`):
-the optimiser and the LR schedule arrive as Hydra partials, completed here with the parameters and
-the run's length, which only the running trainer knows.
+Built by `src.utils.build.build_module` from `conf/module/` (`instantiate(cfg.module, model=..., loss=...,
+metrics=...)`): the optimiser and the LR schedule arrive as Hydra partials, completed here with the
+parameters and the run's length, which only the running trainer knows. Validation (`val/*`) and
+`src/eval.py` (`trainer.test`, `test/*`) score through the same metric set and the same logging;
+eval's test step predicts in the configured inference mode (whole, slide, TTA).
 """
 
 from __future__ import annotations
 
 import bisect
+import copy
 import inspect
 import logging
 import os
@@ -19,7 +22,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import PolynomialLR
 
-from src.metrics import SegmentationMetrics
+from src.inference import InferenceOptions, probabilities, segment_padded_scores
+from src.metrics import MetricSet, SegmentationMetrics
 from src.models.contract import auxiliary_logits, main_logits
 from src.utils.errors import UserError
 from src.utils.hparams import log_run_config
@@ -28,7 +32,6 @@ log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
-SUMMARY_METRICS = ("mIoU", "mAcc", "aAcc", "FWIoU", "mDice")
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -142,8 +145,8 @@ class SegmentationModule(L.LightningModule):
     def __init__(
         self,
         model: nn.Module,
-        loss: nn.Module,
-        optimizer: OptimizerFactory,
+        loss: nn.Module | None,
+        optimizer: OptimizerFactory | None,
         num_classes: int,
         aux_weight: float,
         scheduler: SchedulerFactory | None = None,
@@ -154,11 +157,15 @@ class SegmentationModule(L.LightningModule):
         bias_lr_factor: float = 1.0,
         bias_weight_decay: float | None = None,
         config: Mapping[str, Any] | None = None,
+        metrics: MetricSet | None = None,
+        inference: InferenceOptions | None = None,
     ) -> None:
         super().__init__()
         # Primitives only (config is the resolved run config as plain containers), so checkpoints
         # load with torch.load(weights_only=True); modules and callables are rebuilt from `config`.
-        self.save_hyperparameters(ignore=["model", "loss", "optimizer", "scheduler"])
+        self.save_hyperparameters(
+            ignore=["model", "loss", "optimizer", "scheduler", "metrics", "inference"]
+        )
         self.model = model
         self.loss = loss
         self.optimizer_factory = optimizer
@@ -174,7 +181,14 @@ class SegmentationModule(L.LightningModule):
             # nn.Module.compile compiles the call in place: parameter names (and so checkpoints)
             # stay those of the eager model, unlike wrapping it in torch.compile(model).
             self.model.compile()
-        self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
+        # metrics=None (a module built in code): the mIoU family, the config's default
+        if metrics is None:
+            metrics = MetricSet({"miou": SegmentationMetrics(num_classes, ignore_index)})
+        self.val_metrics = metrics
+        # trainer.test (src/eval.py) keeps its own states; `inference` is how it predicts
+        self.test_metrics = copy.deepcopy(metrics)
+        self.inference = inference or InferenceOptions()
+        self.test_results: dict[str, dict[str, Any]] = {}
         self.best_miou = float("-inf")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -232,20 +246,46 @@ class SegmentationModule(L.LightningModule):
         self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=size)
         for name, value in parts.items():
             self.log(f"val/loss_{name}", value, on_epoch=True, sync_dist=True, batch_size=size)
-        self.val_metrics.update(logits.argmax(1), batch["mask"])
+        # softmax only when a metric reads probabilities (calibration): nothing extra otherwise
+        probs = logits.float().softmax(1) if self.val_metrics.needs("probs") else None
+        sizes = batch["sizes"].tolist() if "sizes" in batch else None
+        self.val_metrics.update_padded(logits.argmax(1), batch["mask"], sizes, probs, batch.get("name"))
 
     def on_validation_epoch_end(self) -> None:
-        """Log mIoU, mAcc, aAcc, FWIoU, mDice, per-class IoU and the best mIoU so far."""
-        scores = self.val_metrics.compute()
-        self.val_metrics.reset()
-        for name in SUMMARY_METRICS:
-            self.log(f"val/{name}", scores[name].float(), prog_bar=name == "mIoU")
-        for name, iou in zip(self.class_names, scores["IoU"], strict=True):
-            self.log(f"val/IoU/{name}", iou.float())
+        """Log every metric of the set under val/ (mIoU, IoU/<class>, ...) and the best mIoU so far."""
+        scores = self._log_metrics(self.val_metrics, "val")
         if not self.trainer.sanity_checking:
             self.best_miou = max(self.best_miou, float(scores["mIoU"].nan_to_num(0.0)))
             self.log("val/mIoU_best", self.best_miou)
             self.log("hp/val_mIoU_best", self.best_miou)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Predict each image at its own size in the inference mode (padding undone) and score it."""
+        sizes = batch["sizes"].tolist()
+        names = batch.get("name") or [f"{batch_idx}_{i}" for i in range(len(sizes))]
+        needs_probs = self.test_metrics.needs("probs")
+        # batches are padded to the datamodule's multiple: each image is predicted on its own padded extent
+        multiple = self.trainer.datamodule.pad_multiple
+        scores = segment_padded_scores(self, batch["image"], sizes, self.inference, multiple)
+        for image_scores, mask, (height, width), name in zip(scores, batch["mask"], sizes, names, strict=True):
+            image_scores = image_scores.unsqueeze(0)
+            probs = probabilities(image_scores, self.inference) if needs_probs else None
+            self.test_metrics.update(image_scores.argmax(1), mask[None, :height, :width], probs, [name])
+
+    def on_test_epoch_end(self) -> None:
+        """Log every metric of the set under test/; `test_results` keeps each metric's full results."""
+        self._log_metrics(self.test_metrics, "test")
+        self.test_results = self.test_metrics.last_results
+
+    def _log_metrics(self, metrics: MetricSet, stage: str) -> dict[str, torch.Tensor]:
+        """Compute (summed over processes), log `<stage>/<name>`, reset; return the mIoU family's scores."""
+        results = metrics.compute()
+        metrics.reset()
+        # Every process holds the same summed scores; sync_dist averages identical values (exact)
+        # and keeps Lightning from warning about epoch-level values logged unsynced under DDP.
+        for name, value in metrics.scalars(results, self.class_names).items():
+            self.log(f"{stage}/{name}", value.float(), prog_bar=name == "mIoU", sync_dist=True)
+        return metrics.last(SegmentationMetrics)
 
     def on_fit_start(self) -> None:
         """Log the run's config to every logger; TensorBoard's HPARAMS tab compares jobs on hp/val_mIoU_best."""
@@ -253,6 +293,8 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """The configured optimiser, and the LR schedule stepped every iteration."""
+        if self.optimizer_factory is None:
+            raise UserError("this module was built to evaluate (no optimizer): it cannot train")
         groups = parameter_groups(self.model, self.hparams.bias_lr_factor, self.hparams.bias_weight_decay)
         optimizer = build_optimizer(self.optimizer_factory, groups)
         total = max(1, int(self.trainer.estimated_stepping_batches))

@@ -18,7 +18,9 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from src.sweeps.trial import refuse_search_outside_runner  # noqa: E402
 from src.utils.errors import UserError, exit_on_user_error  # noqa: E402
+from src.utils.metric_config import check_metric_names  # noqa: E402
 from src.utils.resolvers import check_required  # noqa: E402
 from src.utils.run_guard import LAST, check_resume_config, resume_checkpoint  # noqa: E402
 
@@ -112,6 +114,7 @@ def main(cfg: DictConfig) -> float | None:
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     with exit_on_user_error(reraise=in_sweep):
         check_required(cfg)  # before src.utils.ddp imports Lightning (~6 s)
+        refuse_search_outside_runner(cfg)
     from src.utils import ddp
 
     ddp.install(__file__)  # DDP children join this job as a single run (see src/utils/ddp.py)
@@ -121,4 +124,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    with exit_on_user_error():  # Hydra would not name the choices of a misspelt metrics=[...]
+        check_metric_names(sys.argv[1:])
     main()

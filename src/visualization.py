@@ -1,4 +1,5 @@
-"""Pictures of predictions: palette colours, overlays, sample grids and the confusion-matrix image.
+"""Pictures of predictions: palette colours, overlays, sample grids, error and entropy maps, the
+confusion-matrix image. The reliability diagram is in src/evaluation/reliability.py.
 
 Pure numpy/OpenCV (matplotlib is not a dependency); every function returns RGB uint8 (H, W, 3).
 """
@@ -18,6 +19,8 @@ BACKGROUND_RGB = (255, 255, 255)
 # Row-normalised cells are shaded from white (0) to a dark blue (1).
 HIGH_RGB = np.array((8, 48, 107), dtype=np.float64)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+CORRECT_RGB = (64, 64, 64)
+WRONG_RGB = (230, 30, 30)
 
 
 def overlay(image: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
@@ -39,37 +42,69 @@ def _text_size(text: str, scale: float) -> tuple[int, int]:
     return width, height + baseline
 
 
+def panel_grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    titles: Sequence[str],
+    captions: Sequence[str] | None = None,
+    gap: int = 4,
+) -> np.ndarray:
+    """RGB panels laid out in rows under a title strip naming the columns; a caption above each row.
+
+    Panels of smaller samples are placed top-left in cells as large as the largest panel.
+    """
+    if not rows:
+        raise ValueError("panel_grid needs at least one row of panels")
+    cell_h = max(panel.shape[0] for row in rows for panel in row)
+    cell_w = max(panel.shape[1] for row in rows for panel in row)
+    line = _text_size("Ag", 0.4)[1] + 2 * gap
+    caption_h = line if captions else 0
+    columns = len(titles)
+    canvas = np.full(
+        (line + len(rows) * (caption_h + cell_h + gap), columns * (cell_w + gap) + gap, 3),
+        BACKGROUND_RGB,
+        np.uint8,
+    )
+    for col, title in enumerate(titles):
+        _text(canvas, title, (gap + col * (cell_w + gap), line - gap - 2), 0.4)
+    for index, row in enumerate(rows):
+        top = line + index * (caption_h + cell_h + gap)
+        if captions:
+            _text(canvas, captions[index], (gap, top + caption_h - gap - 2), 0.4)
+        top += caption_h
+        for col, panel in enumerate(row):
+            left = gap + col * (cell_w + gap)
+            canvas[top : top + panel.shape[0], left : left + panel.shape[1]] = panel
+    return canvas
+
+
 def sample_grid(
     rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     table: np.ndarray,
     titles: Sequence[str] = ("image", "ground truth", "prediction"),
     gap: int = 4,
 ) -> np.ndarray:
-    """One row per sample: image, ground truth and prediction (palette colours) side by side.
-
-    Panels of smaller samples are placed top-left in cells as large as the largest sample; a title
-    strip names the columns.
-    """
+    """One row per sample: image, ground truth and prediction (palette colours) side by side."""
     if not rows:
         raise ValueError("sample_grid needs at least one (image, target, prediction) row")
-    cell_h = max(image.shape[0] for image, _, _ in rows)
-    cell_w = max(image.shape[1] for image, _, _ in rows)
-    header = _text_size("Ag", 0.4)[1] + 2 * gap
-    columns = len(titles)
-    canvas = np.full(
-        (header + len(rows) * (cell_h + gap), columns * (cell_w + gap) + gap, 3),
-        BACKGROUND_RGB,
-        np.uint8,
-    )
-    for col, title in enumerate(titles):
-        _text(canvas, title, (gap + col * (cell_w + gap), header - gap - 2), 0.4)
-    for index, (image, target, prediction) in enumerate(rows):
-        top = header + index * (cell_h + gap)
-        panels = (image, colorize(target, table), colorize(prediction, table))
-        for col, panel in enumerate(panels):
-            left = gap + col * (cell_w + gap)
-            canvas[top : top + panel.shape[0], left : left + panel.shape[1]] = panel
+    panels = [(image, colorize(target, table), colorize(pred, table)) for image, target, pred in rows]
+    return panel_grid(panels, titles, gap=gap)
+
+
+def error_map(prediction: np.ndarray, target: np.ndarray, ignore_index: int) -> np.ndarray:
+    """Right pixels dark grey, wrong ones red, ignored ones white (they count nowhere)."""
+    canvas = np.empty((*target.shape, 3), np.uint8)
+    canvas[:] = CORRECT_RGB
+    canvas[prediction != target] = WRONG_RGB
+    canvas[target == ignore_index] = BACKGROUND_RGB
     return canvas
+
+
+def entropy_map(probabilities: np.ndarray) -> np.ndarray:
+    """Per-pixel entropy of (C, H, W) probabilities over log(C), as viridis colours (dark: certain)."""
+    probs = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1.0)
+    entropy = -(probs * np.log(probs)).sum(0) / max(np.log(len(probs)), 1e-12)
+    levels = np.clip(np.rint(255 * entropy), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_VIRIDIS), cv2.COLOR_BGR2RGB)
 
 
 def row_normalize(confmat: np.ndarray) -> np.ndarray:

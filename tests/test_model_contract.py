@@ -29,8 +29,10 @@ from tests.helpers.models import composed_model
 
 NUM_CLASSES = 3  # narrow (< 16 channels): the head layers take the fp32 path under CPU bf16
 TINY_VGG = {"backbone.width": 1 / 16}
+TINY_TIMM = "tu-test_resnet"  # timm's test ResNet (0.5M parameters), as smp's own tests use
 
-# preset -> model.<key> overrides that make it small; has_aux: returns {"out", "aux"} in training
+# preset -> model.<key> overrides that make it small; has_aux: returns {"out", "aux"} in training;
+# needs: the package of an optional extra (the preset's tests skip without it)
 PRESETS: dict[str, dict[str, Any]] = {
     "fcn32s": {"overrides": TINY_VGG, "has_aux": False},
     "fcn16s": {"overrides": TINY_VGG, "has_aux": False},
@@ -39,6 +41,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fcns": {"overrides": TINY_VGG, "has_aux": False},
     "tv_fcn_resnet50": {"overrides": {}, "has_aux": True},
     "tv_deeplabv3_resnet50": {"overrides": {}, "has_aux": True},
+    # segmentation_models_pytorch (the smp extra): timm's tiny test ResNet for the preset's encoder
+    "smp": {"overrides": {"encoder": TINY_TIMM, "decoder_channels": [16] * 5}, "has_aux": False, "needs": "segmentation_models_pytorch"},
+    "unet_resnet34": {"overrides": {"encoder": TINY_TIMM, "decoder_channels": [32, 16, 16, 16, 16]}, "has_aux": False, "needs": "segmentation_models_pytorch"},
+    "fpn_resnet50": {"overrides": {"encoder": TINY_TIMM, "decoder_pyramid_channels": 32, "decoder_segmentation_channels": 64}, "has_aux": False, "needs": "segmentation_models_pytorch"},
+    "deeplabv3plus_resnet50": {"overrides": {"encoder": TINY_TIMM, "decoder_channels": 64}, "has_aux": False, "needs": "segmentation_models_pytorch"},
+    "segformer_mit_b0": {"overrides": {"decoder_segmentation_channels": 32}, "has_aux": False, "needs": "segmentation_models_pytorch"},  # MiT-B0 itself
 }
 
 
@@ -76,6 +84,8 @@ def model_config(preset: str) -> Any:
 
 def build(preset: str) -> nn.Module:
     """`instantiate(cfg.model)` with every weight that starts at zero made random (so logits vary)."""
+    if PRESETS.get(preset, {}).get("needs"):
+        pytest.importorskip(PRESETS[preset]["needs"])
     torch.manual_seed(0)
     model = instantiate(model_config(preset))
     with torch.no_grad():

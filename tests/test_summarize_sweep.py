@@ -67,7 +67,7 @@ def test_jobs_ranked_by_best_miou_with_failed_jobs_listed_last(tmp_path: Path) -
         results.values(), reverse=True
     )
     assert [row["best epoch"] for row in table[:3]] == [str(int(name) + 1) for name in ranked]
-    assert table[-1]["status"] == "failed" and table[-1]["best val/mIoU"] == ""
+    assert table[-1]["state"] == "failed" and table[-1]["best val/mIoU"] == ""
     assert table[-1]["optim.lr"] == "1e30"
     # the override every job shares is not a column, but is stated once
     assert "debug" not in table[0] and "optim.lr" in table[0]
@@ -114,9 +114,9 @@ def test_sweep_over_class_weights_reports_the_failing_job_and_keeps_the_others(
     summary = run_script([sys.executable, "scripts/summarize_sweep.py", str(sweep)])
     assert summary.returncode == 0, summary.stderr
     table = read_csv(sweep / "summary.csv")
-    assert sorted((row["job"], row["status"]) for row in table) == [
-        ("0", "ok"),
-        ("1", "ok"),
+    assert sorted((row["job"], row["state"]) for row in table) == [
+        ("0", "complete"),
+        ("1", "complete"),
         ("2", "failed"),
     ]
     assert table[-1]["loss.class_weights"] == "[1,2]"
@@ -125,3 +125,41 @@ def test_sweep_over_class_weights_reports_the_failing_job_and_keeps_the_others(
         for row in table[:2]
     ]
     assert best == sorted(best, reverse=True) == [float(row["best val/mIoU"]) for row in table[:2]]
+
+
+def write_journal(root: Path, events: list[dict]) -> None:
+    """A sweep journal as src/sweep.py writes it (one JSON object per line)."""
+    (root / "sweep_journal.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+def test_a_runner_journal_gives_states_slots_and_wall_times(tmp_path: Path) -> None:
+    from src.sweeps.journal import sweep_lock
+
+    def start(job: str, at: float, slot: int) -> dict:
+        return {"event": "start", "job": job, "time": at, "overrides": [f"optim.lr={job}e-3", "seed=1"],
+                "resources": {"slot": slot, "cpu_threads": 2}}  # fmt: skip
+
+    def end(job: str, at: float, state: str) -> dict:
+        return {"event": "end", "job": job, "time": at, "state": state, "exit_code": 0}
+
+    write_journal(tmp_path, [
+        start("0", 100, 0), start("1", 100, 1), end("1", 104, "pruned"), start("2", 105, 1),
+        end("0", 112.5, "complete"), start("3", 113, 0), end("2", 114, "failed"),
+    ])  # fmt: skip
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "metrics.json").write_text(json.dumps(metrics(0.5, 3, final={"epoch": 3})))
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "metrics.json").write_text(json.dumps(metrics(0.3, 0, final={"epoch": 0})))
+
+    summarize(tmp_path, console=Console(file=io.StringIO()))  # no runner holds the dir: 3 was cut off
+    table = read_csv(tmp_path / "summary.csv")
+    assert [(r["job"], r["state"]) for r in table] == [
+        ("0", "complete"), ("1", "pruned"), ("3", "interrupted"), ("2", "failed"),
+    ]  # fmt: skip
+    assert [r["epochs"] for r in table[:2]] == ["4", "1"] and table[0]["wall time (s)"] == "12.5"
+    assert [r["slot"] for r in table] == ["0", "1", "0", "1"] and table[0]["devices"] == "2 CPU threads"
+    assert table[0]["optim.lr"] == "0e-3" and "seed" not in table[0]  # shared, stated once
+
+    with sweep_lock(tmp_path):  # a runner holds the dir: job 3 is running
+        summarize(tmp_path, console=Console(file=io.StringIO()))
+    assert read_csv(tmp_path / "summary.csv")[2]["state"] == "running"

@@ -1,9 +1,10 @@
 """Lightning callback: each validation epoch, show every logger that takes images what the model predicts.
 
 Logs a grid of a fixed set of validation samples (image, ground truth, prediction in palette
-colours) and the row-normalised confusion matrix of the epoch as images: to TensorBoard as images at
-the step of the epoch's scalars, to MLflow as artifacts `val/samples/epoch_003.png` (and
-`val/confusion_matrix/...`), to W&B as images. CSV takes none. Per-class IoU and the learning rate are
+colours), the row-normalised confusion matrix of the epoch and, when the metrics include
+calibration, its reliability diagram as images: to TensorBoard as images at the step of the epoch's
+scalars, to MLflow as artifacts `val/samples/epoch_003.png` (and `val/confusion_matrix/...`,
+`val/reliability/...`), to W&B as images. CSV takes none. Per-class IoU and the learning rate are
 scalars logged by the module and LearningRateMonitor.
 """
 
@@ -19,10 +20,12 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, W
 
 from src.data.palette import colour_table
 from src.data.transforms import denormalize, padded_size
+from src.metrics import CalibrationError, SegmentationMetrics
 from src.visualization import confusion_matrix_image, sample_grid
 
 GRID_TAG = "val/samples"
 CONFUSION_TAG = "val/confusion_matrix"
+RELIABILITY_TAG = "val/reliability"
 
 # (logger, tag, RGB image H x W x 3 uint8, step, epoch)
 ImageWriter = Callable[[Any, str, np.ndarray, int, int], None]
@@ -123,15 +126,31 @@ class SegmentationImageLogger(L.Callback):
         images = {}
         if self.samples:
             images[GRID_TAG] = self.grid(pl_module)
-        confmat = getattr(getattr(pl_module, "val_metrics", None), "last_confmat", None)
-        names = getattr(pl_module, "class_names", None)
-        if confmat is not None and names is not None:
-            images[CONFUSION_TAG] = confusion_matrix_image(confmat, names)
+        images.update(self.metric_images(pl_module))
         # The step Lightning gives this epoch's val/* scalars, so images and numbers line up.
         step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
         for logger, write in writers:
             for tag, image in images.items():
                 write(logger, tag, image, step, trainer.current_epoch)
+
+    @staticmethod
+    def metric_images(pl_module: L.LightningModule) -> dict[str, np.ndarray]:
+        """The epoch's confusion matrix and, with calibration among the metrics, its reliability diagram."""
+        from src.evaluation.reliability import reliability_bins, reliability_diagram
+
+        metrics = getattr(pl_module, "val_metrics", None)
+        names = getattr(pl_module, "class_names", None)
+        if metrics is None or names is None:
+            return {}
+        images = {}
+        confusion = metrics.last(SegmentationMetrics)
+        if confusion is not None:
+            images[CONFUSION_TAG] = confusion_matrix_image(confusion["confmat"], names)
+        calibration = metrics.last(CalibrationError)
+        if calibration is not None:
+            ece, mce = (float(calibration[key]) for key in ("ECE", "MCE"))
+            images[RELIABILITY_TAG] = reliability_diagram(reliability_bins(calibration), ece, mce)
+        return images
 
     @torch.no_grad()
     def grid(self, pl_module: L.LightningModule) -> Any:

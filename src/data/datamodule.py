@@ -270,6 +270,10 @@ class SegDataModule(L.LightningDataModule):
         """Validation batches at original resolution (padded with ignore_index), each sample once."""
         return self._loader("val")
 
+    def test_dataloader(self) -> DataLoader:
+        """What `trainer.test` scores (src/eval.py): the validation split, batched as validation is."""
+        return self._loader("val")
+
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Normalise on the device: uint8 crosses the bus (4x less than float), int64 masks for the loss."""
         skipped = batch.pop("skipped", 0)

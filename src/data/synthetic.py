@@ -10,6 +10,7 @@ on cluttered backgrounds; like VOC's "void" contours, a 255 band straddles every
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -305,7 +306,12 @@ def generate_synthetic_voc(root: Path | str, spec: SyntheticSpec = DEFAULT_SPEC)
         _write_dataset(staging, spec)
         if not voc.exists():
             write_json_atomic(staging / STAMP_NAME, _stamp(spec))
-            os.rename(staging, voc)
+            with contextlib.suppress(OSError):  # a parallel job's copy was renamed there first
+                os.rename(staging, voc)
+                return voc
+        if synthetic_is_current(root, spec):
+            # a parallel job (a sweep's other slot) finished the same dataset meanwhile: its files
+            # may be open there, so they are kept, not swapped for these identical ones
             return voc
         # Keep the folder marked as ours but invalid while its files are swapped.
         write_json_atomic(voc / STAMP_NAME, {**_stamp(spec), "complete": False})

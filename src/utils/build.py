@@ -21,9 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from src.models.complexity import complexity_summary
+from src.utils.config_tree import LAUNCH_SECTIONS
 from src.utils.errors import UserError
 from src.utils.lightning_console import quiet_lightning_notices
 from src.utils.loss_config import build_loss
+from src.utils.metric_config import build_metrics
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,10 @@ class Run:
 
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as plain containers (what checkpoints store as hyper-parameters)."""
-    without_hydra = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
-    return OmegaConf.to_container(without_hydra, resolve=True, throw_on_missing=False)
+    """The resolved run config as plain containers (what checkpoints store as hyper-parameters);
+    Hydra's and the sweep runner's sections are left out."""
+    run_only = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in LAUNCH_SECTIONS])
+    return OmegaConf.to_container(run_only, resolve=True, throw_on_missing=False)
 
 
 def build_datamodule(data_cfg: DictConfig, splits: Sequence[str] | None = None, **overrides: Any) -> Any:
@@ -78,14 +81,16 @@ def model_size(model: nn.Module, size: int | Sequence[int]) -> dict[str, float]:
     return stats
 
 
-def build_module(cfg: DictConfig, model: nn.Module, loss: nn.Module) -> L.LightningModule:
-    """`instantiate(cfg.module)` around the model and loss, with the resolved config for checkpoints."""
+def build_module(
+    cfg: DictConfig, model: nn.Module, loss: nn.Module, metrics: Any = None
+) -> L.LightningModule:
+    """`instantiate(cfg.module)` around the model, loss and metric set, with the resolved config for checkpoints."""
     config = plain_config(cfg)
     if cfg.get("model_size_at"):
         config["model_size"] = model_size(model, cfg.model_size_at)  # TensorBoard's HPARAMS tab
     # a partial: `config` is also the name of instantiate's own first parameter
     make_module = hydra.utils.instantiate(cfg.module, _partial_=True)
-    return make_module(model=model, loss=loss, config=config)
+    return make_module(model=model, loss=loss, config=config, metrics=metrics)
 
 
 def build_callbacks(callbacks_cfg: DictConfig | None) -> list[L.Callback]:
@@ -167,7 +172,10 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = (), *
 def build_run(cfg: DictConfig, trainer: bool = True) -> Run:
     """Datamodule, model, loss, module and (unless `trainer=False`) Trainer of a training config."""
     datamodule = build_datamodule(cfg.data)  # a wrong data.root fails here, before any model is built
+    metrics = None  # a config without `metrics` (built in code): the module's mIoU family
+    if cfg.get("metrics") is not None:  # a bad metric option fails here too
+        metrics = build_metrics(cfg.metrics, datamodule.num_classes, datamodule.ignore_index)
     loss = build_loss(cfg.loss, datamodule)
     model = hydra.utils.instantiate(cfg.model)
-    module = build_module(cfg, model, loss)
+    module = build_module(cfg, model, loss, metrics)
     return Run(datamodule, module, build_trainer(cfg) if trainer else None)

@@ -2,7 +2,8 @@
 
 One branch per top-level key in the order the config was composed (the groups of conf/train.yaml's
 defaults list first, then the run's own values such as `seed` and `tags`), each holding its YAML.
-Hydra's own settings are left out: `.hydra/` beside the file already holds them.
+Hydra's own settings are left out (`.hydra/` beside the file already holds them), and so is the
+sweep runner's `sweep` section, which a single run ignores.
 
 A value that a sizing preset set (conf/sizing/<data>_<model>.yaml, chosen by conf/train.yaml's
 defaults list for one data/model pair) carries the preset's file as a comment,
@@ -24,6 +25,9 @@ from rich.syntax import Syntax
 from rich.tree import Tree
 
 TREE_FILE = "config_tree.log"
+# Top-level sections that say how runs are launched, not what a run is: Hydra's own and the sweep
+# runner's (src/sweep.py). Left out of the tree, the checkpoint's config and the loggers' hparams.
+LAUNCH_SECTIONS = ("hydra", "sweep")
 STYLE = "dim"
 # The file is read in editors and diffed between runs: wide enough that YAML lines rarely wrap.
 FILE_WIDTH = 120
@@ -120,11 +124,11 @@ def branch_text(value: object, marks: Marks | None = None) -> str:
 
 
 def config_tree(cfg: DictConfig) -> Tree:
-    """A tree with one branch per top-level key of `cfg` (except `hydra`), in composition order."""
+    """A tree with one branch per top-level key of `cfg` (but LAUNCH_SECTIONS), in composition order."""
     marks = sizing_marks(cfg)
     tree = Tree("CONFIG", style=STYLE, guide_style=STYLE)
     for key in cfg:
-        if key == "hydra":
+        if key in LAUNCH_SECTIONS:
             continue
         here = {path[1:]: source for path, source in marks.items() if path[0] == key}
         branch = tree.add(str(key), style=STYLE, guide_style=STYLE)

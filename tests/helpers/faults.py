@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,22 @@ class FaultInjection(L.Callback):
 
     `kind=nan_loss` fills the input of the batch trained at that step with NaN (the loss becomes
     non-finite there); `kind=sigterm` sends this process SIGTERM right after that step, as a
-    scheduler pre-empting the job would. Add it from the command line:
+    scheduler pre-empting the job would; `kind=slurm_usr1` (in a SLURM job's first run) asks SLURM
+    to send the job USR1 there (`scancel --signal=USR1`) and waits until Lightning has written its
+    requeue checkpoint, so the job is pre-empted exactly at that step. Add it from the command line:
     `+callbacks.fault._target_=tests.helpers.faults.FaultInjection +callbacks.fault.kind=nan_loss
-    +callbacks.fault.at_step=4`.
+    +callbacks.fault.at_step=4` (`+callbacks.fault.job=1`: only in job 1 of a sweep).
     """
 
-    KINDS = ("nan_loss", "sigterm")
+    KINDS = ("nan_loss", "sigterm", "slurm_usr1")
+    SIGNAL_TIMEOUT_S = 60.0
 
-    def __init__(self, kind: str, at_step: int) -> None:
+    def __init__(self, kind: str, at_step: int, job: int | None = None) -> None:
         if kind not in self.KINDS:
             raise ValueError(f"FaultInjection kind={kind!r}; expected one of {self.KINDS}")
         self.kind = kind
         self.at_step = int(at_step)
-        self.fired = False
+        self.fired = job is not None and int(job) != _job_num()  # with `job`, only in that sweep job
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -57,10 +61,25 @@ class FaultInjection(L.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        """`sigterm`: signal this process once `at_step` steps are done."""
-        if self.kind == "sigterm" and not self.fired and trainer.global_step == self.at_step:
+        """`sigterm` / `slurm_usr1`: signal this process (this SLURM job) once `at_step` steps are done."""
+        if self.fired or trainer.global_step != self.at_step:
+            return
+        if self.kind == "sigterm":
             self.fired = True
             os.kill(os.getpid(), signal.SIGTERM)
+        elif self.kind == "slurm_usr1" and os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0"):
+            self.fired = True
+            self._preempt_slurm_job(Path(trainer.default_root_dir), trainer.is_global_zero)
+
+    def _preempt_slurm_job(self, run_dir: Path, is_global_zero: bool) -> None:
+        """USR1 to every task of this job through SLURM; return once Lightning's handler has saved."""
+        if is_global_zero:
+            subprocess.run(["scancel", "--signal=USR1", os.environ["SLURM_JOB_ID"]], check=True)
+        deadline = time.monotonic() + self.SIGNAL_TIMEOUT_S
+        while not list(run_dir.glob("hpc_ckpt_*.ckpt")):  # the handler runs in this (main) thread
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no USR1 from SLURM within {self.SIGNAL_TIMEOUT_S:.0f} s")
+            time.sleep(0.1)
 
 
 class CrashOnRank(L.Callback):

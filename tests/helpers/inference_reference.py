@@ -78,13 +78,26 @@ def _tta(model, x: torch.Tensor, mode: Mode) -> torch.Tensor:
     return torch.stack(probabilities).mean(0)
 
 
+def _scores(model, image: np.ndarray, mode: Mode) -> torch.Tensor:
+    """(1, C, H, W) at the padded size: logits, or the mean softmax under TTA."""
+    x = _padded_input(image, mode.pad_multiple)
+    return _tta(model, x, mode) if mode.scales else _once(model, x, mode)
+
+
 @torch.no_grad()
 def reference_mask(model, image: np.ndarray, mode: Mode) -> np.ndarray:
     """The class mask (h, w) of one RGB image under `mode`, at the image's own size."""
-    x = _padded_input(image, mode.pad_multiple)
-    scores = _tta(model, x, mode) if mode.scales else _once(model, x, mode)
     h, w = image.shape[:2]
-    return scores.argmax(1)[0, :h, :w].numpy().astype(np.uint8)
+    return _scores(model, image, mode).argmax(1)[0, :h, :w].numpy().astype(np.uint8)
+
+
+@torch.no_grad()
+def reference_probabilities(model, image: np.ndarray, mode: Mode) -> np.ndarray:
+    """Softmax probabilities (C, h, w) of one RGB image under `mode`, at the image's own size."""
+    scores = _scores(model, image, mode)
+    probabilities = scores if mode.scales else torch.softmax(scores, dim=1)
+    h, w = image.shape[:2]
+    return probabilities[0, :, :h, :w].numpy()
 
 
 def confusion(masks: list[np.ndarray], predictions: list[np.ndarray], num_classes: int) -> np.ndarray:

@@ -7,8 +7,14 @@ is NaN per class and excluded from every mean.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-from torchmetrics import Metric
+
+from src.metrics.common import SegmentationMetric, check_shapes, nan_divide, per_class
+
+# The dataset-level scores logged as `<stage>/<name>` (per-class IoU as `<stage>/IoU/<class>`).
+SUMMARY_METRICS = ("mIoU", "mAcc", "aAcc", "FWIoU", "mDice")
 
 
 def confusion_matrix(
@@ -22,10 +28,6 @@ def confusion_matrix(
     return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def _nan_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(num, float("nan")))
-
-
 def scores_from_confusion(matrix: torch.Tensor) -> dict[str, torch.Tensor]:
     """aAcc, mAcc, mIoU, FWIoU, mDice and per-class IoU/Acc/Dice (NaN where undefined) from a confusion matrix."""
     matrix = matrix.double()
@@ -33,9 +35,9 @@ def scores_from_confusion(matrix: torch.Tensor) -> dict[str, torch.Tensor]:
     gt = matrix.sum(1)
     pred = matrix.sum(0)
     union = gt + pred - tp
-    iou = _nan_divide(tp, union)
-    acc = _nan_divide(tp, gt)
-    dice = _nan_divide(2 * tp, gt + pred)
+    iou = nan_divide(tp, union)
+    acc = nan_divide(tp, gt)
+    dice = nan_divide(2 * tp, gt + pred)
     total = matrix.sum()
     freq = gt / total if total > 0 else gt
     undefined = torch.tensor(float("nan"), dtype=torch.float64)  # nothing labelled: no accuracy
@@ -52,12 +54,10 @@ def scores_from_confusion(matrix: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-class SegmentationMetrics(Metric):
+class SegmentationMetrics(SegmentationMetric):
     """Accumulates a C x C confusion matrix (summed across processes) and reports `scores_from_confusion`."""
 
-    full_state_update = False
-    is_differentiable = False
-    higher_is_better = True
+    padding_safe = True
 
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
         super().__init__()
@@ -74,13 +74,19 @@ class SegmentationMetrics(Metric):
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch of predicted class indices and ground-truth masks of the same shape."""
-        if pred.shape != target.shape:
-            raise ValueError(
-                f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}"
-            )
+        check_shapes(pred, target)
         self.confmat += confusion_matrix(pred, target, self.num_classes, self.ignore_index)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """Scores over everything accumulated since the last reset (all processes' counts summed)."""
+        """Scores over everything accumulated since the last reset (all processes' counts summed), and the matrix."""
         self.last_confmat = self.confmat.detach().clone()
-        return scores_from_confusion(self.confmat)
+        return {**scores_from_confusion(self.confmat), "confmat": self.last_confmat}
+
+    def scalars(
+        self, scores: dict[str, torch.Tensor], class_names: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """mIoU, mAcc, aAcc, FWIoU, mDice and IoU/<class>."""
+        return {
+            **{name: scores[name] for name in SUMMARY_METRICS},
+            **per_class("IoU", scores["IoU"], class_names),
+        }
