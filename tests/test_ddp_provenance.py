@@ -27,16 +27,28 @@ def git(repo: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
+def git_dirs(repo: Path) -> tuple[Path, Path]:
+    """(this checkout's git dir, the dir its refs live in): both `.git` in a plain clone; in a
+    `git worktree`, `.git` is a file naming the worktree's own dir, whose `commondir` names the rest."""
+    dot_git = repo / ".git"
+    if dot_git.is_dir():
+        return dot_git, dot_git
+    own = (repo / dot_git.read_text().strip().removeprefix("gitdir: ")).resolve()
+    common = own / "commondir"
+    return own, (own / common.read_text().strip()).resolve() if common.exists() else own
+
+
 def head_from_git_files(repo: Path) -> str:
-    """HEAD's commit read from .git itself (an independent path to the same answer)."""
-    head = (repo / ".git" / "HEAD").read_text().strip()
+    """HEAD's commit read from the git files themselves (an independent path to the same answer)."""
+    own, common = git_dirs(repo)
+    head = (own / "HEAD").read_text().strip()
     if not head.startswith("ref: "):
         return head
     ref = head.removeprefix("ref: ")
-    loose = repo / ".git" / ref
-    if loose.exists():
-        return loose.read_text().strip()
-    packed = (repo / ".git" / "packed-refs").read_text().splitlines()
+    for folder in (own, common):
+        if (folder / ref).exists():
+            return (folder / ref).read_text().strip()
+    packed = (common / "packed-refs").read_text().splitlines()
     return next(line.split()[0] for line in packed if line.endswith(" " + ref))
 
 
