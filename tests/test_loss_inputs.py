@@ -14,7 +14,8 @@ from torch import nn
 
 from src.losses import BCELoss, CELoss, DiceLoss, FocalLoss, LovaszLoss, OHEMLoss, TverskyLoss
 from src.metrics import SegmentationMetrics, confusion_matrix
-from src.utils.loss_config import composite_loss, term_arguments
+from src.utils.instantiate import shared_arguments
+from src.utils.loss_config import composite_loss
 from tests.conftest import ROOT
 from tests.helpers.loss_checks import one_thread, preset  # noqa: F401 (one_thread: autouse fixture)
 from tests.helpers.loss_reference import II, make_case
@@ -66,7 +67,7 @@ class NamesTwo(nn.Module):
     ],
 )
 def test_a_term_gets_only_the_shared_arguments_it_names(term: type, expected: dict) -> None:
-    assert term_arguments(f"{term.__module__}.{term.__qualname__}", SHARED) == expected
+    assert shared_arguments(f"{term.__module__}.{term.__qualname__}", SHARED) == expected
 
 
 def test_terms_without_init_or_with_kwargs_join_the_composite() -> None:

@@ -7,7 +7,6 @@ not pay for Lightning or torchmetrics (tests/test_loss_config.py checks `sys.mod
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,18 +16,7 @@ from torch import nn
 
 from src.losses.common import LossConfigError, as_class_weights
 from src.losses.composite import CompositeLoss
-from src.utils.errors import find_user_error
-
-# How a parameter must be declared to receive a shared argument: by name, never through **kwargs
-# (nn.Module.__init__ takes *args, **kwargs only to reject them).
-NAMED_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-
-
-def term_arguments(target: str, shared: Mapping[str, Any]) -> dict[str, Any]:
-    """The shared arguments (ignore_index, num_classes, class_weights) that a term's constructor names."""
-    parameters = inspect.signature(hydra.utils.get_object(target)).parameters
-    named = {name for name, parameter in parameters.items() if parameter.kind in NAMED_KINDS}
-    return {key: value for key, value in shared.items() if key in named}
+from src.utils.instantiate import instantiate_part
 
 
 def build_term(name: str, spec: Any, shared: Mapping[str, Any]) -> tuple[nn.Module, float]:
@@ -37,15 +25,7 @@ def build_term(name: str, spec: Any, shared: Mapping[str, Any]) -> tuple[nn.Modu
         raise LossConfigError(f"loss.{name} must be a term config with a _target_, got {spec!r}")
     arguments = dict(spec)
     weight = float(arguments.pop("weight", 1.0))
-    try:
-        shared_here = term_arguments(str(arguments["_target_"]), shared)
-        term = hydra.utils.instantiate({**shared_here, **arguments})
-    except Exception as err:
-        user_error = find_user_error(err)
-        if isinstance(user_error, LossConfigError):  # the term names its argument: prefix the path
-            raise LossConfigError(f"loss.{name}.{user_error}") from None
-        detail = str(err.__cause__ or err).splitlines()[0]
-        raise LossConfigError(f"loss.{name} ({arguments['_target_']}): {detail}") from None
+    term = instantiate_part(f"loss.{name}", arguments, shared, LossConfigError, LossConfigError)
     if not callable(term):
         raise LossConfigError(f"loss.{name}: {arguments['_target_']} is not callable as term(logits, mask)")
     return term, weight

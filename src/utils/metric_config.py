@@ -8,12 +8,11 @@ Everything here runs before any model is built: a misspelt name or a bad option 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from src.utils.errors import UserError, find_user_error
+from src.utils.errors import UserError
 
 GROUP = "metrics"
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -57,33 +56,15 @@ def check_metric_names(arguments: Sequence[str], conf_dir: Path = CONF_DIR) -> N
             )
 
 
-def _shared_arguments(target: str, shared: Mapping[str, Any]) -> dict[str, Any]:
-    """The shared arguments a metric's constructor names (all of them if it takes **kwargs)."""
-    import hydra
-
-    parameters = inspect.signature(hydra.utils.get_object(target)).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return dict(shared)
-    return {key: value for key, value in shared.items() if key in parameters}
-
-
 def build_metric(name: str, spec: Any, shared: Mapping[str, Any]) -> Any:
     """`metrics.<name>` -> the metric; errors name `metrics.<name>` (and the option, for a bad value)."""
-    import hydra
-
     from src.metrics import MetricConfigError, SegmentationMetric
+    from src.utils.instantiate import instantiate_part
 
     if not isinstance(spec, Mapping) or "_target_" not in spec:
         raise UserError(f"{GROUP}.{name} must be a metric config with a _target_, got {spec!r}")
     target = str(spec["_target_"])
-    try:
-        metric = hydra.utils.instantiate({**_shared_arguments(target, shared), **spec})
-    except Exception as err:
-        user_error = find_user_error(err)
-        if isinstance(user_error, MetricConfigError):  # the metric names its argument: prefix the path
-            raise UserError(f"{GROUP}.{name}.{user_error}") from None
-        detail = str(err.__cause__ or err).splitlines()[0]
-        raise UserError(f"{GROUP}.{name} ({target}): {detail}") from None
+    metric = instantiate_part(f"{GROUP}.{name}", spec, shared, MetricConfigError, UserError)
     if not isinstance(metric, SegmentationMetric):
         raise UserError(
             f"{GROUP}.{name}: {target} is not a src.metrics.SegmentationMetric (see docs/evaluation.md)"
