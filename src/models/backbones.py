@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torchvision.models import VGG16_BN_Weights, VGG16_Weights
 
-from src.utils.checkpoint import load_tensor_file
 from src.utils.errors import UserError
+from src.utils.files import load_tensor_file
 
 log = logging.getLogger(__name__)
 

@@ -15,15 +15,14 @@ must be a primitive or a list or dict of them. The model is then built here, not
 no stored string is ever resolved as an interpolation. Nothing else a checkpoint stores (data,
 loss, optimiser, callbacks) is built: it is read as values.
 
-eval, predict, export, `model.init_from`, backbone weight files and resume all load through
-`load_checkpoint`; eval, predict and export rebuild models through `model_from_checkpoint`.
+eval, predict, export and resume load through `load_checkpoint`, `model.init_from` and backbone
+weight files through the same `src.utils.files.load_tensor_file`; eval, predict and export
+rebuild models through `model_from_checkpoint`.
 """
 
 from __future__ import annotations
 
 import functools
-import pickle
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import yaml
 from torch import nn
 
 from src.utils.errors import UserError
+from src.utils.files import load_tensor_file
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 CONF_MODEL_DIR = CONF_DIR / "model"
@@ -48,26 +48,6 @@ TRUST_HINT = (
 
 class UntrustedCheckpointError(UserError):
     """A checkpoint's stored model config names something seglab will not build from a file."""
-
-
-def load_tensor_file(path: str | Path, key: str = "ckpt_path", map_location: Any = "cpu") -> Any:
-    """torch.load(weights_only=True) of `path`; a missing, unsafe or unreadable file raises UserError naming `key`."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"{key}={path} does not exist; expected a checkpoint or state-dict file")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        what = f" (it references {found.group(1)})" if found else ""
-        raise UserError(
-            f"checkpoint {path} needs arbitrary unpickling{what} and was refused: seglab loads checkpoints with "
-            "torch.load(weights_only=True), so only tensors and primitive values are accepted and no code in "
-            "the file runs. Re-save it from a trusted environment with tensors and plain hyper-parameters only."
-        ) from None
-    except Exception as err:  # truncated or foreign bytes fail anywhere inside torch's unpickler
-        detail = str(err).splitlines()[0] if str(err) else ""
-        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}: {detail})") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
