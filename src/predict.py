@@ -183,7 +183,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     files = list_inputs(str(cfg.input))
     base, output = input_base(str(cfg.input), files), Path(cfg.output).expanduser()
     names = output_names(files, base)
-    check_output(output, base)
+    check_output(output, str(cfg.input), files, names)
     device = choose_device(str(cfg.predict.device))
     model, hparams = model_from_checkpoint(cfg.ckpt_path, list(cfg.trust.model_targets))
     model.to(device)

@@ -85,14 +85,22 @@ def overlay_folder(output: Path) -> Path:
     return output.parent / f"{output.name}{OVERLAY_SUFFIX}"
 
 
-def check_output(output: Path, base: Path) -> None:
-    """Refuse an output folder inside the inputs' folder: a mask could overwrite an input image
-    (`<stem>.png` mirrors it), and a later run would read the masks as images."""
-    target, source = output.resolve(), base.resolve()
-    if target == source or source in target.parents:
+def check_output(output: Path, spec: str, files: Sequence[Path], names: Sequence[Path]) -> None:
+    """Refuse an output folder where a mask would overwrite an input image, or, for a folder input
+    (read recursively), one inside it: a later run on that folder would read the masks as images."""
+    folder = Path(spec).expanduser()
+    target = output.resolve()
+    if folder.is_dir() and (target == folder.resolve() or folder.resolve() in target.parents):
         raise UserError(
-            f"output={output} lies inside the input folder {base}: masks could overwrite the input "
-            "images and a later run would read them as images; choose an output folder elsewhere"
+            f"output={output} lies inside the input folder {folder}, which is read recursively: a "
+            "later run on it would read the masks as images; choose an output folder elsewhere"
+        )
+    inputs = {file.resolve() for file in files}
+    clash = next((name for name in names if (output / name).resolve() in inputs), None)
+    if clash is not None:
+        raise UserError(
+            f"output={output}: the mask {output / clash} would overwrite the input image of that "
+            "name; choose an output folder outside the inputs' folders"
         )
 
 

@@ -58,10 +58,17 @@ def test_clashing_names_and_an_output_inside_the_input_are_refused(nested: Path,
     files = list_inputs(str(nested))
     with pytest.raises(UserError, match=r"same\.jpg and .*same\.png would both be predicted into a/same\.png"):
         output_names(files, nested)
-    for inside in (nested, nested / "preds", nested / "a"):
+    files = [f for f in files if f.suffix == ".png"]
+    names = output_names(files, nested)
+    for inside in (nested, nested / "preds", nested / "a"):  # a folder input is read recursively
         with pytest.raises(UserError, match=f"output={inside} lies inside the input folder"):
-            check_output(inside, nested)
-    check_output(tmp_path / "preds", nested)  # beside the input: fine
+            check_output(inside, str(nested), files, names)
+    check_output(tmp_path / "preds", str(nested), files, names)  # beside the input: fine
+    # one file or a glob: only a mask that would overwrite an input image is refused
+    single = nested / "a" / "same.png"
+    check_output(nested / "preds", str(single), [single], [Path("same.png")])
+    with pytest.raises(UserError, match=r"the mask .*same\.png would overwrite the input image"):
+        check_output(nested / "a", str(single), [single], [Path("same.png")])
     assert overlay_folder(tmp_path / "preds") == tmp_path / "preds_overlays"
     assert overlay_folder(Path(f"{tmp_path}/preds/")) == tmp_path / "preds_overlays"
 
