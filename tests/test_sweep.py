@@ -275,7 +275,6 @@ def files_and_mtimes(job: Path) -> dict[str, int]:
     [
         pytest.param(signal.SIGTERM, "optuna", id="sigterm-search"),
         pytest.param(signal.SIGKILL, "optuna", id="sigkill-search"),
-        pytest.param(signal.SIGINT, "grid", id="ctrl-c-grid"),
     ],
 )
 def test_a_stopped_sweep_continues_where_it_stopped(tmp_path: Path, signum: int, driver: str) -> None:
