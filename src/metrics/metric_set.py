@@ -76,10 +76,6 @@ class MetricSet(nn.Module):
             raise ValueError(f"metric {name} needs {missing}, which this update did not pass")
         metric.update(**{kind: given[kind] for kind in metric.inputs})
 
-    def find(self, kind: type[SegmentationMetric]) -> SegmentationMetric | None:
-        """The first metric of class `kind` in the set, if any."""
-        return next((m for m in self.metrics.values() if isinstance(m, kind)), None)
-
     def compute(self) -> dict[str, dict[str, Any]]:
         """Each metric's results (synchronised across processes), under its name; kept as `last_results`."""
         self.last_results = {name: metric.compute() for name, metric in self.metrics.items()}

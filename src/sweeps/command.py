@@ -81,10 +81,6 @@ class SweepCommand:
         """An Optuna search (sweep=optuna), not a grid."""
         return str(self.config.sweep.driver) == "optuna"
 
-    def fixed_texts(self) -> list[str]:
-        """The overrides every job gets (as typed)."""
-        return [o.input_line for o in self.overrides if not o.is_sweep_override()]
-
     def job_overrides(self, values: dict[str, str]) -> list[str]:
         """One job's overrides: the swept ones given by `values` (parameter name -> `key=text`)."""
         return [values[Parameter(o).name] if o.is_sweep_override() else o.input_line for o in self.overrides]

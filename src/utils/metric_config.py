@@ -16,8 +16,6 @@ from src.utils.errors import UserError
 
 GROUP = "metrics"
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-# Arguments every metric may take from the data config (a metric receives those its signature names).
-SHARED_ARGS = ("num_classes", "ignore_index")
 
 
 def metric_choices(conf_dir: Path = CONF_DIR) -> list[str]:
@@ -93,6 +91,7 @@ def build_metrics(
     chosen = [name for name, spec in specs.items() if spec is not None]
     for name, spec in (always or {}).items():
         specs.setdefault(name, spec)
+    # what every metric may take from the data config (each receives those its signature names)
     shared = {"num_classes": int(num_classes), "ignore_index": int(ignore_index)}
     metrics = {name: build_metric(name, spec, shared) for name, spec in specs.items() if spec is not None}
     if not any(isinstance(metric, SegmentationMetrics) for metric in metrics.values()):
