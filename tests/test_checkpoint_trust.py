@@ -40,7 +40,7 @@ def save(path: Path, model_cfg: dict, state: dict | None = None, data_cfg: dict 
 
 
 def writing_targets(marker: Path) -> dict[str, dict]:
-    """Stored model configs whose building would write `marker` (each variant the issue names)."""
+    """Stored model configs whose building would write `marker` (a call by name, nested, Hydra's _args_ and _partial_)."""
     savetxt = {"_target_": "numpy.savetxt", "fname": str(marker), "X": [[1]], "header": "import os"}
     return {
         "savetxt": savetxt,

@@ -139,7 +139,7 @@ def test_every_preset_fused_and_plain_takes_any_integer_mask(name: str, path: st
 
 
 def test_a_uint8_png_mask_with_255_borders_is_read_as_ignored() -> None:
-    """The issue's case: `torch.from_numpy(np.array(Image.open(png)))` gives uint8 with 255."""
+    """A mask read the common way, `torch.from_numpy(np.array(Image.open(png)))`: uint8 with 255."""
     logits = torch.randn(1, 3, 2, 2)
     mask = torch.tensor([[[0, 1], [255, 2]]], dtype=torch.uint8)
     for term in (CELoss(), FocalLoss(), DiceLoss(), BCELoss(), TverskyLoss(), LovaszLoss(), OHEMLoss()):

@@ -36,7 +36,7 @@ def true_class_probabilities(logits, target) -> list[tuple[float, int]]:
 
 
 def ref_ohem(logits, target, thresh=0.7, min_kept=100000, weight=None) -> float:
-    """The issue's definition: tau from the ascending p_y, then CE averaged over the kept pixels."""
+    """OHEM by its definition: tau from the ascending p_y, then CE averaged over the kept pixels."""
     pixels = true_class_probabilities(logits, target)
     if not pixels:
         return 0.0

@@ -36,7 +36,7 @@ PARAMS = {
 def ref_tversky(
     logits, target, alpha=0.3, beta=0.7, gamma=1.0, smooth=1e-5, classes="present", weight=None
 ) -> float:
-    """The issue's definition, pixel by pixel: soft tp/fp/fn per class, then the weighted mean over K."""
+    """The Tversky loss by its definition, pixel by pixel: soft tp/fp/fn per class, then the weighted mean over K."""
     num_classes = logits.shape[1]
     rows = logits.detach().double().movedim(1, -1).reshape(-1, num_classes).tolist()
     tp, fp, fn = [0.0] * num_classes, [0.0] * num_classes, [0.0] * num_classes

@@ -222,7 +222,7 @@ def test_preset_matches_reference(name: str, dims: str, variant: str, path: str)
 
 @pytest.mark.parametrize("case", [*PRESETS, "focal:sigmoid", "focal_dice:sigmoid"])
 def test_fused_and_plain_agree_in_value_and_gradient(case: str) -> None:
-    """The issue's bar: fp32, 1e-5 relative, for every preset (and the sigmoid focal form)."""
+    """The fused engine's bar: fp32, 1e-5 relative, for every preset (and the sigmoid focal form)."""
     name, _, mode = case.partition(":")
     focal = {"focal": {"mode": "sigmoid", "alpha": 0.25}} if mode else {}
     logits, target = make_case((2, C, 17, 23), seed=6)

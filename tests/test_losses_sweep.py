@@ -75,7 +75,7 @@ class MyLoss(nn.Module):
 
 @pytest.mark.slow
 def test_a_users_own_term_trains_from_the_command_line(tmp_path: Path, data_dir: Path) -> None:
-    """The issue's command: `loss=ce_dice '+loss.mine={_target_: mypkg.MyLoss, weight: 0.3}'`."""
+    """A user's own term on the command line: `loss=ce_dice '+loss.mine={_target_: mypkg.MyLoss, weight: 0.3}'`."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     (tmp_path / "mypkg").mkdir()
