@@ -13,7 +13,6 @@ import bisect
 import copy
 import inspect
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ from src.metrics import MetricSet, SegmentationMetrics
 from src.models.contract import auxiliary_logits, main_logits
 from src.utils.errors import UserError
 from src.utils.hparams import log_run_config
+from src.utils.next_steps import newest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +36,6 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite; the run stops before the optimiser applies it."""
-
-
-def newest_checkpoint(trainer: L.Trainer) -> str | None:
-    """The most recently written checkpoint file of the trainer's checkpoint callbacks, if any."""
-    paths = {
-        getattr(callback, attr, "")
-        for callback in trainer.checkpoint_callbacks
-        for attr in ("last_model_path", "best_model_path")
-    }
-    existing = [path for path in paths if path and os.path.isfile(path)]
-    return max(existing, key=os.path.getmtime) if existing else None
 
 
 def parameter_groups(

@@ -15,7 +15,7 @@ import torch
 
 from src.utils.errors import UserError
 from src.utils.files import write_json_atomic
-from src.utils.next_steps import SRC_DIR, shell_path
+from src.utils.next_steps import SRC_DIR, newest_checkpoint, shell_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,21 +48,9 @@ def git_revision(root: Path = REPO_ROOT) -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
-def checkpoint_dirs(trainer: L.Trainer) -> list[Path]:
-    """The folders this Trainer's ModelCheckpoint callbacks save into."""
-    return [Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
-
-
-def newest_checkpoint(folders: list[Path]) -> Path | None:
-    """The most recently written `.ckpt` file in `folders`, None when there is none."""
-    found = [path for folder in folders if folder.is_dir() for path in folder.glob("*.ckpt")]
-    return max(found, key=lambda path: path.stat().st_mtime_ns, default=None)
-
-
-def unwritten_metrics(path: Path, err: OSError, folders: list[Path]) -> str:
+def unwritten_metrics(path: Path, err: OSError, newest: Path | None) -> str:
     """What to tell a user whose metrics.json could not be written: the file, why, and what is safe."""
     why = err.strerror or str(err)
-    newest = newest_checkpoint(folders)
     kept = (
         f"training finished and its checkpoints are intact (the newest: {shell_path(newest)}); "
         f"`python {shell_path(SRC_DIR / 'eval.py')} ckpt_path={shell_path(newest)}` recomputes the "
@@ -120,7 +108,7 @@ class MetricsFile(L.Callback):
         try:
             write_json_atomic(self.path, self.summary(trainer))
         except OSError as err:  # a full disk or a folder made read-only after training
-            raise UserError(unwritten_metrics(self.path, err, checkpoint_dirs(trainer))) from None
+            raise UserError(unwritten_metrics(self.path, err, newest_checkpoint(trainer))) from None
 
     def summary(self, trainer: L.Trainer) -> dict[str, Any]:
         """The content of metrics.json: the metrics and what produced them (so every job of a sweep says what it ran)."""

@@ -25,15 +25,26 @@ def shell_path(path: str | os.PathLike[str]) -> str:
     return shlex.quote(absolute.as_posix() if relative.startswith("..") else relative)
 
 
+def newest_checkpoint(trainer: Any) -> Path | None:
+    """The most recently written checkpoint (last or best) of the trainer's ModelCheckpoints, if any.
+
+    By nanosecond mtime: two saves in one step can share a float mtime.
+    """
+    paths = {
+        Path(path)
+        for callback in trainer.checkpoint_callbacks
+        for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""))
+        if path
+    }
+    return max((p for p in paths if p.is_file()), key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
 def best_checkpoint(trainer: Any) -> Path | None:
     """The checkpoint of the best monitored score, else the newest one a ModelCheckpoint saved, else None."""
-    callbacks = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
-    for callback in callbacks:
-        if callback.monitor is not None and callback.best_model_path:
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor is not None and callback.best_model_path:
             return Path(callback.best_model_path)
-    saved = [Path(p) for cb in callbacks for p in (cb.last_model_path, cb.best_model_path) if p]
-    saved = [path for path in saved if path.is_file()]
-    return max(saved, key=lambda path: path.stat().st_mtime_ns) if saved else None
+    return newest_checkpoint(trainer)
 
 
 def tensorboard_dir(trainer: Any) -> str | None:
