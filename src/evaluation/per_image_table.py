@@ -8,15 +8,11 @@ image without valid pixels) is an empty cell; images without an mIoU come last.
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-
-def _number(value: Any) -> float | None:
-    number = float(value)
-    return None if math.isnan(number) else number
+from src.evaluation.summary import finite
 
 
 def per_image_rows(results: Mapping[str, Any], class_names: Sequence[str]) -> list[dict[str, Any]]:
@@ -26,11 +22,11 @@ def per_image_rows(results: Mapping[str, Any], class_names: Sequence[str]) -> li
     for index, name in enumerate(results["names"]):
         row = {
             "image": name,
-            "mIoU": _number(results["mIoU"].reshape(-1)[index]),
-            "pixel_accuracy": _number(results["pixel_accuracy"].reshape(-1)[index]),
+            "mIoU": finite(results["mIoU"].reshape(-1)[index]),
+            "pixel_accuracy": finite(results["pixel_accuracy"].reshape(-1)[index]),
             "valid_pixels": int(results["valid"].reshape(-1)[index]),
         }
-        row.update({f"IoU/{c}": _number(v) for c, v in zip(class_names, iou[index], strict=True)})
+        row.update({f"IoU/{c}": finite(v) for c, v in zip(class_names, iou[index], strict=True)})
         rows.append(row)
     rows.sort(key=lambda row: (row["mIoU"] is None, row["mIoU"] or 0.0, row["image"]))
     for rank, row in enumerate(rows, start=1):
