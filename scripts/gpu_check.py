@@ -55,9 +55,10 @@ from scripts.budgeted_report import BudgetedReport, gib, peak_gib, reset_peak  #
 from src.data.transforms import padded_size  # noqa: E402
 from src.inference import InferenceOptions, segment_padded_batch  # noqa: E402
 from src.models.complexity import gflops  # noqa: E402
+from src.utils.checkpoint import data_defaults  # noqa: E402
 
 # the validation batches' padding, as the data config sets it
-PAD_MULTIPLE = int(OmegaConf.load(CONF_DIR / "data" / "common" / "loader.yaml").pad_multiple)
+PAD_MULTIPLE = int(data_defaults()["pad_multiple"])
 
 NUM_CLASSES = 21  # Pascal VOC
 SECTIONS = ["train", "eval", "loss", "flops", "amx"]
