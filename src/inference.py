@@ -187,7 +187,7 @@ def segment_padded_batch(
     images: torch.Tensor,
     sizes: Sequence[tuple[int, int]],
     options: InferenceOptions,
-    multiple: int = 32,
+    multiple: int,
 ) -> list[torch.Tensor]:
     """Class masks (h, w) of `segment_padded_scores`: the argmax of each image's scores."""
     return [
