@@ -16,6 +16,7 @@ import pytest
 
 from src.callbacks.metrics_file import git_revision
 from tests.conftest import ROOT, SMOKE_DATA
+from tests.helpers.cli import processes_mentioning
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 300  # 5x a run on 2 shared cores; a hang fails the test instead of blocking CI
@@ -45,18 +46,6 @@ def run_train(
         out, _ = proc.communicate()
         pytest.fail(f"{' '.join(command)} did not finish in {TIMEOUT_S} s:\n{out[-4000:]}")
     return subprocess.CompletedProcess(command, proc.returncode, out, "")
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Live processes whose command line contains `text` (DDP children name their job's dir)."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if text in cmdline.read_bytes().decode(errors="replace"):
-                pids.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return pids
 
 
 def metrics(job_dir: Path) -> dict:

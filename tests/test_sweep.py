@@ -24,7 +24,7 @@ from src.sweeps.journal import JOURNAL_FILE
 from src.sweeps.resources import cpu_count, plan_slots
 from src.utils.errors import UserError
 from tests.conftest import ROOT, SMOKE_DATA
-from tests.helpers.cli import run_script
+from tests.helpers.cli import processes_mentioning, run_script
 
 # Every job of these sweeps is the fake trainer, on the CPU (so a GPU machine runs them the same way);
 # its JSON "checkpoints" are not seglab's, so the run-dir guard's checkpoint check is off.
@@ -49,18 +49,6 @@ def final_states(sweep_dir: Path) -> dict[str, str]:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Live processes whose command line contains `text` (every job's names its sweep dir)."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if text in cmdline.read_bytes().decode(errors="replace"):
-                pids.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return pids
 
 
 def load_study(sweep_dir: Path):
