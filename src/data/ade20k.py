@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from src.data.datamodule import SegDataModule
-from src.data.dataset import SplitListing
+from src.data.dataset import SplitListing, split_folder
 from src.data.io import IMAGE_SUFFIXES
 from src.utils.errors import UserError
 
@@ -33,13 +33,7 @@ def find_ade20k_dir(root: Path) -> Path:
 
 def ade20k_listing(base: Path, split: str) -> SplitListing:
     """Every image of `images/<split>/` with its `annotations/<split>/<id>.png`; a missing one is noted."""
-    image_dir = base / "images" / split
-    if not image_dir.is_dir():
-        found = sorted(p.name for p in (base / "images").iterdir() if p.is_dir())
-        raise UserError(
-            f"split '{split}': {image_dir} is not a folder; this ADE20K copy has the splits "
-            f"{', '.join(found) or '(none)'}"
-        )
+    image_dir = split_folder(base / "images", split, "ADE20K")
     pairs, missing = [], []
     for image in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         mask = base / "annotations" / split / f"{image.stem}.png"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from src.data.datamodule import SegDataModule
-from src.data.dataset import SplitListing
+from src.data.dataset import SplitListing, split_folder
 from src.utils.errors import UserError
 
 IMAGES_DIR = "leftImg8bit"
@@ -56,13 +56,7 @@ def frame_of(image: Path) -> str:
 
 def cityscapes_listing(base: Path, split: str, annotations: str = "gtFine") -> SplitListing:
     """Every image of `leftImg8bit/<split>/*/` with its `<annotations>_labelIds.png`; a missing one is noted."""
-    image_dir = base / IMAGES_DIR / split
-    if not image_dir.is_dir():
-        found = sorted(p.name for p in (base / IMAGES_DIR).iterdir() if p.is_dir())
-        raise UserError(
-            f"split '{split}': {image_dir} is not a folder; this Cityscapes copy has the splits "
-            f"{', '.join(found) or '(none)'}"
-        )
+    image_dir = split_folder(base / IMAGES_DIR, split, "Cityscapes")
     pairs, missing = [], []
     for image in sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}")):
         city = image.parent.name

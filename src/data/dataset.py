@@ -32,6 +32,18 @@ class SplitListing:
     missing: list[str] = field(default_factory=list)
 
 
+def split_folder(splits_dir: Path, split: str, dataset: str) -> Path:
+    """`splits_dir/<split>`, or UserError naming the splits this copy of `dataset` has (one folder each)."""
+    folder = splits_dir / split
+    if not folder.is_dir():
+        found = sorted(p.name for p in splits_dir.iterdir() if p.is_dir())
+        raise UserError(
+            f"split '{split}': {folder} is not a folder; this {dataset} copy has the splits "
+            f"{', '.join(found) or '(none)'}"
+        )
+    return folder
+
+
 def out_of_range(mask: np.ndarray, num_classes: int, ignore_index: int) -> dict[int, int]:
     """{value: pixel count} for labels outside [0, num_classes) other than ignore_index."""
     counts = label_counts(mask)
