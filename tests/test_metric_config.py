@@ -8,7 +8,13 @@ import torch
 from omegaconf import OmegaConf
 
 from src.callbacks.image_logger import CONFUSION_TAG, RELIABILITY_TAG, SegmentationImageLogger
-from src.metrics import BoundaryIoU, CalibrationError, MetricSet, SegmentationMetrics
+from src.metrics import (
+    BoundaryIoU,
+    CalibrationError,
+    MetricSet,
+    PerImageScores,
+    SegmentationMetrics,
+)
 from src.utils.build import build_run
 from src.utils.errors import UserError
 from src.utils.metric_config import build_metrics, check_metric_names, metric_choices
@@ -33,6 +39,15 @@ def test_default_is_the_miou_family_and_null_leaves_a_metric_out(smoke_cfg) -> N
     assert list(OmegaConf.to_container(smoke_cfg().metrics)) == ["miou"]
     cfg = smoke_cfg("metrics=[miou,calibration]", "metrics.calibration=null")
     assert list(build_metrics(cfg.metrics, 6, 255).metrics) == ["miou"]
+
+
+def test_a_metric_the_caller_always_needs_stays_when_set_to_null(smoke_cfg) -> None:
+    # eval.py reads the per-image table whatever `metrics.per_image` says
+    cfg = smoke_cfg("metrics=[miou,per_image]", "metrics.per_image=null")
+    always = {"per_image": {"_target_": "src.metrics.PerImageScores"}}
+    metrics = build_metrics(cfg.metrics, 6, 255, always)
+    assert list(metrics.metrics) == ["miou", "per_image"]
+    assert isinstance(metrics.metrics["per_image"], PerImageScores)
 
 
 @pytest.mark.parametrize(

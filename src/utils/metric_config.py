@@ -76,7 +76,8 @@ def build_metrics(
     ignore_index: int,
     always: Mapping[str, Any] | None = None,
 ) -> Any:
-    """The MetricSet of `metrics.*` (entries set to null left out), plus the `always` configs not listed.
+    """The MetricSet of `metrics.*` (entries set to null left out), plus the `always` configs, listed
+    or not (null does not leave one of them out: its caller reads its results).
 
     The confusion-matrix family must be among them: checkpoints and val/mIoU_best follow mIoU.
     """
@@ -90,7 +91,8 @@ def build_metrics(
         specs = dict(metrics_cfg or {})
     chosen = [name for name, spec in specs.items() if spec is not None]
     for name, spec in (always or {}).items():
-        specs.setdefault(name, spec)
+        if specs.get(name) is None:
+            specs[name] = spec
     # what every metric may take from the data config (each receives those its signature names)
     shared = {"num_classes": int(num_classes), "ignore_index": int(ignore_index)}
     metrics = {name: build_metric(name, spec, shared) for name, spec in specs.items() if spec is not None}
