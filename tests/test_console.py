@@ -17,7 +17,8 @@ from tests.conftest import ROOT, SMOKE_DATA
 from tests.helpers.cli import run_script
 
 NOISE = (
-    "litlogger",  # Lightning's advertisement
+    "litlogger",  # Lightning's advertisements: a hosted logger ...
+    "litmodels",  # ... and a model registry (printed where Lightning adds a checkpoint callback itself)
     "`srun` command is available",  # SLURM's client installed, no allocation
     "LeafSpec",  # a deprecation inside Lightning
     "┃ FLOPs",  # the summary's all-zero column ...
@@ -73,6 +74,8 @@ def test_smoke_run_prints_no_noise_and_ends_with_commands_to_paste(
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert (tmp_path / "eval" / "metrics.json").is_file()
+    for noise in NOISE:  # eval's console too
+        assert noise not in evaluated.stdout + evaluated.stderr, f"{noise!r} printed by eval.py"
 
 
 @pytest.mark.parametrize(("in_allocation", "warned"), [(False, False), (True, True)])
