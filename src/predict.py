@@ -135,6 +135,9 @@ def checked_options(cfg: DictConfig) -> tuple[float, int, str]:
     batch_size = int(cfg.predict.batch_size)
     if batch_size < 1:
         raise UserError(f"predict.batch_size={batch_size}: expected a positive integer")
+    multiple = cfg.predict.get("pad_multiple")
+    if multiple is not None and int(multiple) < 1:
+        raise UserError(f"predict.pad_multiple={multiple}: expected a positive integer or null")
     return alpha, batch_size, check_format(str(cfg.predict.format))
 
 
@@ -195,9 +198,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     except ValueError as err:
         raise UserError(f"predict.palette: {err}") from None
     convention = input_convention(hparams)
-    if cfg.predict.get("pad_multiple") is not None:
-        if int(cfg.predict.pad_multiple) < 1:
-            raise UserError(f"predict.pad_multiple={cfg.predict.pad_multiple}: expected a positive integer or null")
+    if cfg.predict.get("pad_multiple") is not None:  # checked in checked_options
         convention = InputConvention(convention.normalize, int(cfg.predict.pad_multiple))
     overlays = overlay_folder(output) if cfg.predict.overlays else None
     written = []

@@ -57,8 +57,9 @@ def checkpoint_to_resume(cfg: DictConfig) -> tuple[str | None, int]:
         if str(requested) == LAST:
             log.info("ckpt_path=last: %s holds no checkpoints/last.ckpt yet; starting a new run", cfg.paths.output_dir)
         return None, 0
-    step = int(load_checkpoint(checkpoint).get("global_step", 0))
-    check_resume_config(plain_config(cfg), checkpoint)
+    loaded = load_checkpoint(checkpoint)
+    step = int(loaded.get("global_step", 0))
+    check_resume_config(plain_config(cfg), checkpoint, loaded)
     how = "Lightning's SLURM requeue checkpoint" if requested is None else f"ckpt_path={requested}"
     log.info("resuming from %s (%s), global step %d", checkpoint, how, step)
     return str(checkpoint), step

@@ -86,8 +86,9 @@ class SegDataModule(L.LightningDataModule):
         self.decoder = MaskDecoder(
             self.num_classes, self.ignore_index, palette, ignore_color, binary_255, label_map
         )
-        # test-time defaults this dataset suggests (conf/inference/default.yaml reads data.inference)
-        self.inference = dict(inference or {})
+        # `inference` (the test-time defaults this dataset suggests) is read at the config level, by
+        # conf/inference/default.yaml; it is a parameter only so that the data config instantiates
+        del inference
         self.skipped_samples = (
             0  # bad samples passed over (data.skip_bad), counted in the main process
         )

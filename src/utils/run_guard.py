@@ -156,11 +156,16 @@ def config_differences(current: Mapping[str, Any], stored: Mapping[str, Any]) ->
     return lines
 
 
-def check_resume_config(current: Mapping[str, Any], checkpoint: Path) -> None:
-    """Raise ResumeMismatchError naming the keys in which this run's config and the checkpoint's differ."""
+def check_resume_config(
+    current: Mapping[str, Any], checkpoint: Path, loaded: Mapping[str, Any] | None = None
+) -> None:
+    """Raise ResumeMismatchError naming the keys in which this run's config and the checkpoint's differ.
+
+    `loaded`: the checkpoint already read by the caller (a large file is then not read again).
+    """
     from src.utils.checkpoint import checkpoint_config, load_checkpoint
 
-    stored = checkpoint_config(load_checkpoint(checkpoint), checkpoint)
+    stored = checkpoint_config(dict(loaded) if loaded is not None else load_checkpoint(checkpoint), checkpoint)
     differences = config_differences(current, stored)
     if not differences:
         return
