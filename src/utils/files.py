@@ -10,8 +10,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from src.utils.errors import UserError
 
 
@@ -37,6 +35,8 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
 
 def load_tensor_file(path: str | Path, key: str = "ckpt_path", map_location: Any = "cpu") -> Any:
     """torch.load(weights_only=True) of `path`; a missing, unsafe or unreadable file raises UserError naming `key`."""
+    import torch  # here: writing JSON (sweep runners, fake jobs) must not pay torch's import
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"{key}={path} does not exist; expected a checkpoint or state-dict file")
