@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from src.models.contract import main_logits  # noqa: E402
 from src.module import build_schedule  # noqa: E402
 from src.utils.build import build_loss, build_module  # noqa: E402
+from src.utils.lightning_console import quiet_lightning_notices  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -149,6 +150,7 @@ def lightning_run(
     cfg.module.compile = compile
     module = build_module(cfg, model, build_loss(cfg.loss))
     timer = StepTimer(warmup)
+    quiet_lightning_notices()  # as build_trainer does: no advertisement in the benchmark's output
     trainer = L.Trainer(
         accelerator=batches[0]["image"].device.type, devices=1, precision=precision, max_steps=len(batches),
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
