@@ -8,7 +8,6 @@ same jobs to SLURM (devices then come from SLURM, not from the runner).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -18,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from src.sweeps.warm import end_with_parent, forkserver, run_as_main
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # A job's console output (Hydra's <task>.log holds its log records; this holds everything else).
 JOB_OUTPUT = "sweep_job.out"
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -53,30 +53,40 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _end_with_parent() -> None:
-    """In the forked job, before exec: SIGTERM when the runner dies, even by SIGKILL (Linux only).
-
-    A job then writes its checkpoint and stops instead of running on, orphaned, after its runner was
-    killed; the next runner resumes it.
-    """
-    parent = os.getppid()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-    if os.getppid() != parent:  # the runner died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def kill_group(pgid: int) -> None:
     """SIGKILL whatever is left of a job's process group (DDP children that outlived their job)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
 
 
+class WarmJob:
+    """A job forked from the preloaded server (src/sweeps/warm.py), with Popen's poll/send_signal/wait."""
+
+    def __init__(self, process: Any) -> None:
+        self.process = process
+        self.pid = process.pid
+
+    def poll(self) -> int | None:
+        """Popen's returncode: None while running, -N when signal N ended it."""
+        return self.process.exitcode
+
+    def send_signal(self, signum: int) -> None:
+        """Signal the job's main process."""
+        os.kill(self.pid, signum)
+
+    def wait(self) -> int:
+        """Wait for the job to end; its returncode."""
+        self.process.join()
+        return self.process.exitcode
+
+
 class LocalBackend:
     """Each job is `python <script> <overrides>` in its own session (process group) on this machine.
 
-    Its output goes to `<run_dir>/sweep_job.out`. Jobs must be submitted from the runner's main thread:
-    the kernel's parent-death signal fires when the thread that started the job ends.
+    Its output goes to `<run_dir>/sweep_job.out`. With `warm_start`, a job that gets no GPU is forked
+    from a server that has already imported torch and Lightning (src/sweeps/warm.py says why); the
+    others start a fresh interpreter. Jobs must be submitted from the runner's main thread: the
+    kernel's parent-death signal fires when the thread that started the job ends.
     """
 
     def __init__(
@@ -85,15 +95,20 @@ class LocalBackend:
         stop_grace_s: float = 120.0,
         python: str = sys.executable,
         cwd: str | os.PathLike[str] = REPO_ROOT,
+        warm_start: bool = True,
     ) -> None:
         self.cwd = Path(cwd)
         self.script = str(Path(self.cwd, script))
         self.stop_grace_s = stop_grace_s
         self.python = python
+        self.warm = forkserver() if warm_start else None
 
-    def submit(self, job: Job) -> subprocess.Popen:
+    def submit(self, job: Job) -> subprocess.Popen | WarmJob:
         """Start the job's process; its group id is its pid."""
         job.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.warm is not None and "CUDA_VISIBLE_DEVICES" not in job.env:
+            with contextlib.suppress(OSError):  # no forkserver here (a socket path too long): a fresh one
+                return self._fork(job)
         with (job.run_dir / JOB_OUTPUT).open("ab") as output:
             return subprocess.Popen(
                 [self.python, self.script, *job.overrides],
@@ -103,10 +118,22 @@ class LocalBackend:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # the terminal's Ctrl-C reaches the runner, which stops jobs cleanly
-                preexec_fn=_end_with_parent,
+                preexec_fn=end_with_parent,
             )
 
-    def poll(self, handle: subprocess.Popen) -> int | None:
+    def _fork(self, job: Job) -> WarmJob:
+        """Fork the job from the preloaded server, in a session of its own."""
+        argv = [self.script, *job.overrides]
+        environment = {**os.environ, **job.env}
+        process = self.warm.Process(
+            target=run_as_main,
+            args=(argv, str(self.cwd), environment, str(job.run_dir / JOB_OUTPUT)),
+            kwargs={"runner": os.getpid()},
+        )
+        process.start()
+        return WarmJob(process)
+
+    def poll(self, handle: subprocess.Popen | WarmJob) -> int | None:
         """The exit code once the job's main process has ended (its leftover children are killed)."""
         returncode = handle.poll()
         if returncode is None:
@@ -114,7 +141,7 @@ class LocalBackend:
         kill_group(handle.pid)
         return exit_code(returncode)
 
-    def cancel(self, handle: subprocess.Popen) -> None:
+    def cancel(self, handle: subprocess.Popen | WarmJob) -> None:
         """SIGTERM the job's main process (seglab's train.py forwards it to its DDP children, saves
         `last.ckpt` and exits 143); after `stop_grace_s` the whole group is killed."""
         if handle.poll() is None:
@@ -135,7 +162,11 @@ def make_backend(config: Any) -> Backend:
     """
     name = str(config.sweep.backend)
     if name == "local":
-        return LocalBackend(str(config.sweep.script), stop_grace_s=float(config.sweep.stop_grace_s))
+        return LocalBackend(
+            str(config.sweep.script),
+            stop_grace_s=float(config.sweep.stop_grace_s),
+            warm_start=bool(config.sweep.warm_start),
+        )
     if name == "slurm":
         from src.sweeps.slurm import SlurmBackend
 

@@ -22,6 +22,8 @@ from typing import Any
 
 from hydra.core.override_parser.types import Quote, QuotedString
 
+from src.sweeps.backends import JOB_OUTPUT
+from src.sweeps.warm import writes_to
 from src.utils.errors import UserError
 
 JOURNAL_FILE = "sweep_journal.jsonl"
@@ -151,12 +153,13 @@ def quote(text: str) -> str:
 
 
 def _alive_in(pid: int, run_dir: Path) -> bool:
-    """Process `pid` runs the job of `run_dir` (its command line says so: not a reused pid)."""
+    """Process `pid` runs the job of `run_dir`, not a reused pid: its command line or (a job forked
+    from the preloaded server, src/sweeps/warm.py) its output file says so."""
     try:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return False
-    return run_dir_override(run_dir) in args
+    return run_dir_override(run_dir) in args or writes_to(pid, run_dir / JOB_OUTPUT)
 
 
 def wait_for_orphans(sweep_dir: Path, journal: JobJournal, grace_s: float) -> None:

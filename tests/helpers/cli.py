@@ -8,6 +8,7 @@ that fails on a bad value costs ~1 s instead of ~9. The script still runs as `__
 process, with its own argv, working directory, environment, stdout and stderr, exit code and
 interpreter exit (non-daemon threads joined, atexit handlers run), as `subprocess.run` gives it.
 
+The sweep runner starts its CPU jobs the same way (src/sweeps/warm.py, which this module uses).
 The forked process is not a fresh interpreter in two ways, so some tests keep `subprocess.run`:
 environment variables read at import time (torch's, Python's own flags) keep the server's values,
 and a signal ends it as multiprocessing does (exit code 1), not as Python's main does (130 for
@@ -16,23 +17,18 @@ Ctrl-C). Tests of signals, of DDP ranks and of shell scripts use a real interpre
 
 from __future__ import annotations
 
-import atexit
-import multiprocessing
 import os
-import runpy
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-# What every seglab entry point imports before it does anything: loaded once, in the server.
-PRELOADED = ("torch", "torchvision", "lightning", "hydra", "src.utils.build")
+from src.sweeps.warm import forkserver, run_as_main
 
-_FORKSERVER = multiprocessing.get_context("forkserver")
-_FORKSERVER.set_forkserver_preload(list(PRELOADED))
+ROOT = Path(__file__).resolve().parents[2]
+# the server the sweep runner forks its CPU jobs from: torch, Lightning, Hydra imported once
+_FORKSERVER = forkserver()
 
 
 def run_script(
@@ -63,7 +59,7 @@ def _run_forked(
     with tempfile.TemporaryDirectory(prefix="run_script_") as scratch:
         stdout, stderr = Path(scratch, "stdout"), Path(scratch, "stderr")
         process = _FORKSERVER.Process(
-            target=_run_as_main, args=(command[1:], str(cwd), environment, str(stdout), str(stderr))
+            target=run_as_main, args=(command[1:], str(cwd), environment, str(stdout), str(stderr))
         )
         try:
             process.start()
@@ -79,49 +75,16 @@ def _run_forked(
         )
 
 
-def _run_as_main(
-    argv: list[str], cwd: str, env: dict[str, str], stdout: str, stderr: str
-) -> None:
-    """In the forked process: become `python argv[0] argv[1:]` and run the script as __main__."""
-    _redirect(1, stdout)
-    _redirect(2, stderr)
-    os.chdir(cwd)
-    os.environ.clear()
-    os.environ.update(env)
-    sys.argv = list(argv)
-    # The interpreter puts the script's folder first on sys.path, then PYTHONPATH's entries.
-    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    sys.path[:1] = [str(Path(argv[0]).resolve().parent), *extra]
-    try:
-        runpy.run_path(argv[0], run_name="__main__")
-    finally:
-        _shut_down_like_the_interpreter()
-
-
-def _redirect(fd: int, path: str) -> None:
-    """Point file descriptor `fd` at a new file (the child's stdout or stderr)."""
-    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(target, fd)
-    os.close(target)
-
-
-def _shut_down_like_the_interpreter() -> None:
-    """What Python does at exit and multiprocessing's os._exit skips: join threads, run atexit, flush."""
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-
-
 def processes_mentioning(text: str) -> list[int]:
-    """Live processes whose command line contains `text` (a job or DDP child names its run dir)."""
+    """Live processes whose command line or stdout contains `text` (a job or DDP child names its run
+    dir; a job forked from a preloaded server, whose command line is the server's, writes into it)."""
     pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if text in cmdline.read_bytes().decode(errors="replace"):
-                pids.append(int(cmdline.parent.name))
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            stdout = os.readlink(proc / "fd" / "1") if (proc / "fd" / "1").exists() else ""
         except OSError:
             continue
+        if text in cmdline or text in stdout:
+            pids.append(int(proc.name))
     return pids
