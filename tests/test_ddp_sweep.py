@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from src.callbacks.metrics_file import git_revision
-from tests.conftest import ROOT, SMOKE_DATA
-from tests.helpers.cli import processes_mentioning
+from tests.conftest import SMOKE_DATA
+from tests.helpers.cli import processes_mentioning, run_in_session
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 300  # 5x a run on 2 shared cores; a hang fails the test instead of blocking CI
@@ -30,22 +29,7 @@ def run_train(
     full_env = {
         k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")
     }
-    proc = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env={**full_env, **(env or {})},
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{' '.join(command)} did not finish in {TIMEOUT_S} s:\n{out[-4000:]}")
-    return subprocess.CompletedProcess(command, proc.returncode, out, "")
+    return run_in_session(command, TIMEOUT_S, env={**full_env, **(env or {})})
 
 
 def metrics(job_dir: Path) -> dict:

@@ -6,7 +6,6 @@ the resources a job asks for are checked without SLURM.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,8 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from tests.conftest import ROOT, SMOKE_DATA, compose_config
+from tests.conftest import SMOKE_DATA, compose_config
+from tests.helpers.cli import run_in_session
 from tests.helpers.slurm import local_slurm, slurm_env  # noqa: F401 (fixtures used below)
 
 pytest.importorskip("submitit")
@@ -129,22 +129,12 @@ def run_sweep(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
         sys.executable, "src/sweep.py", f"hydra.sweep.dir={sweep_dir}", "sweep.backend=slurm",
         "hydra/launcher=slurm_ddp", "hydra.launcher.gpus_per_node=null", *overrides,
     ]  # fmt: skip
-    runner = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        output, _ = runner.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(runner.pid, signal.SIGKILL)
-        subprocess.run(["scancel", "--me"], check=False)
-        output, _ = runner.communicate()
-        pytest.fail(f"the sweep did not finish in {TIMEOUT_S} s:\n{output[-4000:]}")
-    return subprocess.CompletedProcess(command, runner.returncode, output, "")
+    return run_in_session(command, TIMEOUT_S, on_timeout=cancel_my_jobs)
+
+
+def cancel_my_jobs() -> None:
+    """What a timed-out sweep left in SLURM's queue."""
+    subprocess.run(["scancel", "--me"], check=False)
 
 
 def slurm_job_ids(run_dir: Path) -> list[str]:

@@ -18,10 +18,11 @@ Ctrl-C). Tests of signals, of DDP ranks and of shell scripts use a real interpre
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from src.sweeps.warm import forkserver, run_as_main
@@ -88,3 +89,28 @@ def processes_mentioning(text: str) -> list[int]:
         if text in cmdline or text in stdout:
             pids.append(int(proc.name))
     return pids
+
+
+def run_in_session(
+    command: Sequence[str],
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    on_timeout: Callable[[], object] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run `command` in its own session, stdout and stderr together; on timeout kill the whole
+    session (DDP children, sweep jobs), call `on_timeout` and fail the test with the output."""
+    import pytest
+
+    proc = subprocess.Popen(
+        list(command), cwd=ROOT, env=None if env is None else dict(env), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        if on_timeout is not None:
+            on_timeout()
+        out, _ = proc.communicate()
+        pytest.fail(f"{' '.join(map(str, command))} did not finish in {timeout} s:\n{out[-4000:]}")
+    return subprocess.CompletedProcess(list(command), proc.returncode, out, "")
